@@ -1,0 +1,3 @@
+from tb.cli import main
+
+raise SystemExit(main())

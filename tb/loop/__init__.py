@@ -1,0 +1,144 @@
+"""Event loops for tb.
+
+Theory of operation: one thread, one loop. A backend watches file descriptors for readability and
+writability and runs callbacks; timers are a heap of (deadline, seq, Timer). Nothing here knows
+about websockets or pipes. `choose_loop()` picks the backend by name ("epoll", "uring") or by what
+the platform offers ("auto").
+
+The interface is deliberately the asyncio-style subset tb needs:
+    add_reader(fd, cb) / remove_reader(fd)
+    add_writer(fd, cb) / remove_writer(fd)
+    call_later(delay, cb) -> Timer    (Timer.cancel())
+    call_soon(cb)
+    run() / stop() / time()
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections.abc import Callable
+
+__all__ = ["Loop", "Timer", "LoopError", "choose_loop", "available_loops"]
+
+
+class LoopError(Exception):
+    """A loop backend cannot be used here."""
+
+
+class Timer:
+    """A pending call_later; cancel() makes it a no-op."""
+
+    __slots__ = ("deadline", "callback", "cancelled")
+
+    def __init__(self, deadline: float, callback: Callable[[], object]) -> None:
+        self.deadline = deadline
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Loop:
+    """Base class: timers and the run/stop protocol. Backends implement fd watching and poll()."""
+
+    name = "base"
+
+    def __init__(self) -> None:
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._seq = itertools.count()
+        self._soon: list[Callable[[], object]] = []
+        self._running = False
+
+    # -- timers ---------------------------------------------------------------------------------
+    def time(self) -> float:
+        return time.monotonic()
+
+    def call_later(self, delay: float, callback: Callable[[], object]) -> Timer:
+        timer = Timer(self.time() + max(0.0, delay), callback)
+        heapq.heappush(self._timers, (timer.deadline, next(self._seq), timer))
+        return timer
+
+    def call_soon(self, callback: Callable[[], object]) -> None:
+        self._soon.append(callback)
+
+    def _run_due(self) -> float | None:
+        """Run due timers and soon-callbacks; return seconds until the next timer (None: none)."""
+        while self._soon:
+            soon, self._soon = self._soon, []
+            for cb in soon:
+                cb()
+        timers = self._timers
+        now = self.time()
+        while timers and (timers[0][0] <= now or timers[0][2].cancelled):
+            _, _, timer = heapq.heappop(timers)
+            if not timer.cancelled:
+                timer.cancelled = True
+                timer.callback()
+                now = self.time()
+        if self._soon:
+            return 0.0
+        if not timers:
+            return None
+        return max(0.0, timers[0][0] - now)
+
+    # -- run ------------------------------------------------------------------------------------
+    def run(self) -> None:
+        """Run until stop() is called."""
+        self._running = True
+        while self._running:
+            timeout = self._run_due()
+            if not self._running:
+                break
+            self.poll(timeout)
+
+    def stop(self) -> None:
+        self._running = False
+
+    # -- backend --------------------------------------------------------------------------------
+    def add_reader(self, fd: int, callback: Callable[[], object]) -> None:
+        raise NotImplementedError
+
+    def remove_reader(self, fd: int) -> None:
+        raise NotImplementedError
+
+    def add_writer(self, fd: int, callback: Callable[[], object]) -> None:
+        raise NotImplementedError
+
+    def remove_writer(self, fd: int) -> None:
+        raise NotImplementedError
+
+    def poll(self, timeout: float | None) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+def available_loops() -> dict[str, str]:
+    """Map backend name -> "" if usable here, else the reason it is not."""
+    out = {"epoll": ""}
+    try:
+        from tb.loop.uring import UringLoop  # noqa: F401
+    except Exception as exc:  # ImportError, or the probe's own error
+        out["uring"] = f"{exc}"
+    else:
+        out["uring"] = ""
+    return out
+
+
+def choose_loop(name: str = "auto") -> Loop:
+    """Return a loop backend by name: "epoll", "uring" or "auto" (epoll until measured otherwise)."""
+    from tb.loop.epoll import EpollLoop
+
+    if name in ("auto", "epoll"):
+        return EpollLoop()
+    if name == "uring":
+        try:
+            from tb.loop.uring import UringLoop
+        except Exception as exc:
+            raise LoopError(f"the io_uring loop is not available: {exc}") from None
+        return UringLoop()
+    raise LoopError(f"unknown loop backend {name!r} (choose epoll, uring or auto)")
