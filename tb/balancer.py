@@ -1,0 +1,534 @@
+"""The balancer: one loop that takes the feed in and spreads it over the pipes (`tb run`).
+
+Theory of operation:
+
+    socket --recv_into--> arena[start:end] --ws.receive--> payload views --Router.route--> per-pipe
+    runs --PipeWriter.submit--> pipes --> worker
+
+One receive is one batch: every complete frame in the arena is scanned, every complete message is
+routed at once, and each pipe gets at most one write. The payload views point into the arena and
+are dropped before the arena is compacted (the PipeWriter copies whatever it cannot write at once).
+Status objects come back from the router and drive the feed Session; what the session wants to
+send goes out as masked text frames. When the queued bytes pass --max-buffer the socket stops being
+read (TCP backpressure) until the pipes drain. The worker's death arrives on its pidfd, signals on
+the wakeup fd; both are ordinary readers on the loop.
+
+Counters: every event that reached the router is routed (then written or queued), a status, or
+counted as no_symbol; malformed input is counted per message. They are printed by --stats and at
+exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+
+from tb.feed import DISCONNECT_REASONS, AuthFailed, FeedError, Session
+from tb.loop import Loop, choose_loop
+from tb.pipes import PipeError, PipeWriter, open_pipes, spawn_worker
+from tb.route import Router
+from tb.transport import FeedURL, TLSVerifyError, Transport, TransportError, connect
+from tb.ws import (
+    Connection,
+    InvalidHandshake,
+    ProtocolError,
+    State,
+    client_request,
+    parse_client_response,
+)
+
+__all__ = ["RunConfig", "Balancer", "EXIT_CODES"]
+
+log = logging.getLogger("tb.run")
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_AUTH, EXIT_WORKER, EXIT_CONNECT, EXIT_TLS = range(7)
+EXIT_CODES = {
+    EXIT_OK: "clean shutdown (signal, or --once and the server closed normally)",
+    EXIT_ERROR: "internal error",
+    EXIT_USAGE: "bad command line",
+    EXIT_AUTH: "authentication failed (wrong key)",
+    EXIT_WORKER: "the worker exited or could not be started",
+    EXIT_CONNECT: "--once: the connection failed or ended abnormally",
+    EXIT_TLS: "TLS certificate verification failed",
+}
+
+
+@dataclass(slots=True)
+class RunConfig:
+    url: FeedURL
+    pipes: int
+    worker: list[str]
+    key: str
+    key_source: str
+    subscribe: str = "T.*"
+    workdir: str = "."
+    hash: str = "mixed"
+    stats: float = 0.0
+    once: bool = False
+    max_buffer: int = 1 << 30
+    max_message: int = 16 << 20
+    loop: str = "auto"
+    pipe_size: int | None = None
+    tls: bool | None = None
+    cafile: str | None = None
+    insecure: bool = False
+    connect_timeout: float = 10.0
+    handshake_timeout: float = 10.0
+    shutdown_timeout: float = 10.0
+    backoff_min: float = 0.25
+    backoff_max: float = 30.0
+    numpy_min_bytes: int | None = None
+
+
+@dataclass(slots=True)
+class Counters:
+    messages: int = 0
+    bytes_in: int = 0
+    events: int = 0
+    routed: int = 0
+    statuses: int = 0
+    no_symbol: int = 0
+    fallback: int = 0
+    malformed: int = 0
+    reconnects: int = 0
+    connections: int = 0
+    disconnected_s: float = 0.0
+    recvs: int = 0
+    per_pipe: list[int] = field(default_factory=list)
+
+
+class Balancer:
+    """Runs `tb run` until a signal, a fatal error, or (with --once) the end of the connection."""
+
+    def __init__(self, cfg: RunConfig, loop: Loop | None = None) -> None:
+        self.cfg = cfg
+        self.loop = loop or choose_loop(cfg.loop)
+        self.router = Router(cfg.pipes, hash=cfg.hash, numpy_min_bytes=cfg.numpy_min_bytes)
+        self.c = Counters(per_pipe=[0] * cfg.pipes)
+        # The arena holds at least one whole message of max size plus its frame header.
+        self.arena = bytearray(max(1 << 20, cfg.max_message + 64))
+        self.view = memoryview(self.arena)
+        self.start = self.end = 0
+        self.transport: Transport | None = None
+        self.ws: Connection | None = None
+        self.session: Session | None = None
+        self.ws_key = ""
+        self.upgraded = False
+        self.out = bytearray()
+        self.reading = False
+        self.exit_code: int | None = None
+        self.backoff = cfg.backoff_min
+        self.down_since: float | None = None
+        self.conn_timer = None
+        self.stopping = False
+        self.signals = 0
+        self.t0 = time.monotonic()
+        self.cpu0 = time.process_time()
+        self.pipeset = None
+        self.writer: PipeWriter | None = None
+        self.worker = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Start the worker, connect, run the loop; return the process exit code."""
+        cfg = self.cfg
+        try:
+            self.pipeset = open_pipes(cfg.pipes, cfg.pipe_size)
+            log.info(
+                "%d pipes of %d KiB each%s",
+                cfg.pipes,
+                self.pipeset.size >> 10,
+                "" if cfg.pipe_size else " (the most this kernel allows without privileges)",
+            )
+            self.worker = spawn_worker(cfg.worker, self.pipeset.read_fds, cfg.workdir)
+        except PipeError as exc:
+            log.error("%s", exc)
+            return EXIT_WORKER
+        log.info("worker %s started (pid %d)", " ".join(cfg.worker), self.worker.pid)
+        self.writer = PipeWriter(
+            self.loop, self.pipeset.write_fds, max_buffer=cfg.max_buffer, on_drain=self._on_drain
+        )
+        self.loop.add_reader(self.worker.pidfd, self._on_worker_exit)
+        self._install_signals()
+        if cfg.stats > 0:
+            self.loop.call_later(cfg.stats, self._print_stats)
+        self.loop.call_soon(self._connect)
+        try:
+            self.loop.run()
+        finally:
+            self._restore_signals()
+        return self._finish()
+
+    def _finish(self) -> int:
+        self._drop_connection()
+        writer, worker = self.writer, self.worker
+        flushed = True
+        if worker.poll() is None and writer.queued_bytes:
+            flushed = writer.flush(self.cfg.shutdown_timeout)
+            if not flushed:
+                log.error(
+                    "pipes not drained after %.0f s: %d records still queued",
+                    self.cfg.shutdown_timeout,
+                    writer.queued_records,
+                )
+        writer.close()
+        # The worker sees EOF on every pipe once the write ends are closed.
+        rc = worker.wait(self.cfg.shutdown_timeout)
+        if rc is None:
+            log.warning(
+                "worker still running %.0f s after EOF: terminating it", self.cfg.shutdown_timeout
+            )
+            worker.terminate()
+            rc = worker.wait(2.0)
+            if rc is None:
+                worker.kill()
+                rc = worker.wait(2.0)
+        if self.exit_code != EXIT_WORKER:
+            log.info("worker %s", worker.describe(rc))
+        for fd in self.pipeset.read_fds:
+            os.close(fd)
+        self.loop.close()
+        print(self.summary(), file=sys.stderr, flush=True)
+        if self.exit_code is None:
+            self.exit_code = EXIT_OK
+        if self.exit_code == EXIT_OK and not flushed:
+            self.exit_code = EXIT_ERROR
+        return self.exit_code
+
+    def stop(self, code: int) -> None:
+        """End the run with `code` (the first reason wins)."""
+        if self.exit_code is None:
+            self.exit_code = code
+        self.stopping = True
+        self.loop.stop()
+
+    # -- signals and the worker -----------------------------------------------------------------
+    def _install_signals(self) -> None:
+        self._sig_r, self._sig_w = socket.socketpair()
+        self._sig_r.setblocking(False)
+        self._sig_w.setblocking(False)
+        self._old_wakeup = signal.set_wakeup_fd(self._sig_w.fileno(), warn_on_full_buffer=False)
+        self._old_handlers = {
+            s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)
+        }
+        self.loop.add_reader(self._sig_r.fileno(), self._drain_signal_fd)
+
+    def _restore_signals(self) -> None:
+        signal.set_wakeup_fd(self._old_wakeup)
+        for s, h in self._old_handlers.items():
+            signal.signal(s, h)
+        self.loop.remove_reader(self._sig_r.fileno())
+        self._sig_r.close()
+        self._sig_w.close()
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.signals += 1
+        if self.signals > 1:
+            # A second signal: the user wants out now, queued records or not.
+            print(f"tb: second {signal.Signals(signum).name}: exiting at once", file=sys.stderr)
+            os._exit(130)
+        log.info("%s: stopping, flushing the pipes", signal.Signals(signum).name)
+        self.stop(EXIT_OK)
+
+    def _drain_signal_fd(self) -> None:
+        try:
+            while self._sig_r.recv(512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _on_worker_exit(self) -> None:
+        rc = self.worker.poll()
+        if rc is None:
+            return
+        self.loop.remove_reader(self.worker.pidfd)
+        log.error(
+            "worker %s; %d records (%d bytes) were still queued for it",
+            self.worker.describe(rc),
+            self.writer.queued_records,
+            self.writer.queued_bytes,
+        )
+        self.stop(EXIT_WORKER)
+
+    # -- connection -----------------------------------------------------------------------------
+    def _connect(self) -> None:
+        if self.stopping:
+            return
+        cfg = self.cfg
+        self.c.connections += 1
+        log.info("connecting to %s", cfg.url)
+        try:
+            self.transport = connect(
+                cfg.url,
+                timeout=cfg.connect_timeout,
+                tls=cfg.tls,
+                cafile=cfg.cafile,
+                insecure=cfg.insecure,
+            )
+        except TLSVerifyError as exc:
+            log.error("%s", exc)
+            self.stop(EXIT_TLS)
+            return
+        except TransportError as exc:
+            self._connection_lost(f"{exc}")
+            return
+        request, self.ws_key = client_request(cfg.url.host_header, cfg.url.path)
+        self.ws = Connection(client=True, max_message=cfg.max_message)
+        self.session = Session(cfg.key, cfg.key_source, cfg.subscribe)
+        self.upgraded = False
+        self.start = self.end = 0
+        self.out.clear()
+        self._send(request)
+        self._resume_reading()
+        self.conn_timer = self.loop.call_later(cfg.handshake_timeout, self._handshake_timeout)
+
+    def _handshake_timeout(self) -> None:
+        if self.session is not None and not self.session.streaming:
+            phase = "websocket upgrade" if not self.upgraded else self.session.phase.value
+            self._connection_lost(
+                f"no answer from the server during {phase} in {self.cfg.handshake_timeout:g} s"
+            )
+
+    def _connection_lost(self, why: str, *, clean: bool = False) -> None:
+        """Log why, drop the socket, and reconnect with backoff (or end, with --once)."""
+        reason = self.session.disconnect_reason if self.session else None
+        was_streaming = self.session is not None and self.session.streaming
+        self._drop_connection()
+        if self.stopping:
+            return
+        if self.cfg.once:
+            log.info("connection ended: %s", why) if clean else log.error(
+                "connection ended: %s", why
+            )
+            self.stop(EXIT_OK if clean else EXIT_CONNECT)
+            return
+        if was_streaming:
+            self.backoff = self.cfg.backoff_min
+        delay = self.backoff
+        if reason in DISCONNECT_REASONS:
+            delay = max(delay, 5.0)  # the server asked us to go away: do not hammer it
+        delay *= 0.5 + random.random()  # jitter: many clients must not reconnect in step
+        self.backoff = min(self.cfg.backoff_max, self.backoff * 2)
+        self.c.reconnects += 1
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+        log.warning("connection lost: %s; reconnecting in %.2f s", why, delay)
+        self.loop.call_later(delay, self._connect)
+
+    def _drop_connection(self) -> None:
+        if self.conn_timer is not None:
+            self.conn_timer.cancel()
+            self.conn_timer = None
+        if self.transport is not None:
+            if self.reading:
+                self.loop.remove_reader(self.transport.fd)
+            self.loop.remove_writer(self.transport.fd)
+            self.transport.close()
+        self.transport = None
+        self.reading = False
+        self.ws = None
+        self.out.clear()
+
+    def _send(self, data: bytes) -> None:
+        self.out += data
+        self._flush_out()
+
+    def _flush_out(self) -> None:
+        t = self.transport
+        if t is None:
+            return
+        try:
+            while self.out:
+                n = t.send(self.out)
+                if n == 0:
+                    self.loop.add_writer(t.fd, self._flush_out)
+                    return
+                del self.out[:n]
+        except TransportError as exc:
+            self._connection_lost(f"{exc}")
+            return
+        self.loop.remove_writer(t.fd)
+
+    def _resume_reading(self) -> None:
+        if self.transport is not None and not self.reading:
+            self.loop.add_reader(self.transport.fd, self._on_readable)
+            self.reading = True
+
+    def _pause_reading(self) -> None:
+        if self.transport is not None and self.reading:
+            self.loop.remove_reader(self.transport.fd)
+            self.reading = False
+
+    def _on_drain(self) -> None:
+        log.info("pipes drained below the bound: reading the socket again")
+        self._resume_reading()
+
+    # -- the hot path ---------------------------------------------------------------------------
+    def _on_readable(self) -> None:
+        view = self.view
+        try:
+            n = self.transport.recv_into(view[self.end :])
+        except TransportError as exc:
+            self._connection_lost(f"{exc}")
+            return
+        if n is None:
+            return
+        if n == 0:
+            self._connection_lost("the server closed the TCP connection")
+            return
+        self.c.recvs += 1
+        self.c.bytes_in += n
+        self.end += n
+        if not self.upgraded and not self._upgrade():
+            return
+        ws = self.ws
+        try:
+            consumed = ws.receive(view[self.start : self.end])
+        except ProtocolError as exc:
+            log.error(
+                "websocket protocol error from the server: %s (closing with %d)",
+                exc,
+                exc.close_code,
+            )
+            self._route(ws.messages)  # messages completed before the bad frame are kept
+            self._send(ws.data_to_send())
+            self._connection_lost(f"protocol error: {exc}")
+            return
+        self.start += consumed
+        if ws.messages:
+            self._route(ws.messages)
+        pending = ws.data_to_send()
+        if pending:
+            self._send(pending)
+        if self.transport is None:
+            return  # the session failed while routing
+        if ws.state is State.CLOSED:
+            code, reason = ws.close_code, ws.close_reason
+            self._connection_lost(
+                f"the server closed the websocket ({code} {reason})".rstrip(), clean=code == 1000
+            )
+            return
+        self._compact()
+        if self.writer.over_limit() and self.reading:
+            log.warning(
+                "%d MiB queued for the pipes (bound %d MiB): pausing the socket until the worker catches up",
+                self.writer.queued_bytes >> 20,
+                self.cfg.max_buffer >> 20,
+            )
+            self._pause_reading()
+
+    def _route(self, messages: list) -> None:
+        batch = self.router.route(messages)
+        c = self.c
+        c.messages += len(messages)
+        messages.clear()  # the views into the arena must not outlive this batch
+        if batch.routed:
+            self.writer.submit(batch.runs, batch.counts)
+            for i, k in enumerate(batch.counts):
+                if k:
+                    c.per_pipe[i] += k
+        c.events += batch.events
+        c.routed += batch.routed
+        c.fallback += batch.fallback
+        c.no_symbol += batch.no_symbol
+        if batch.malformed:
+            c.malformed += batch.malformed
+            log.warning(
+                "malformed feed data (%d): %s", batch.malformed, "; ".join(batch.errors[:3])
+            )
+        if batch.statuses:
+            self._on_statuses(batch.statuses)
+
+    def _on_statuses(self, statuses: list[dict]) -> None:
+        session = self.session
+        was_streaming = session.streaming
+        for status in statuses:
+            self.c.statuses += 1
+            try:
+                session.on_status(status)
+            except AuthFailed as exc:
+                log.error("%s", exc)
+                self.stop(EXIT_AUTH)
+                return
+            except FeedError as exc:
+                self._connection_lost(f"{exc}")
+                return
+        for message in session.outgoing:
+            self.ws.send_text(message)
+        session.outgoing.clear()
+        if session.streaming and not was_streaming:
+            if self.down_since is not None:
+                gap = time.monotonic() - self.down_since
+                self.c.disconnected_s += gap
+                log.info("streaming again after %.2f s without data", gap)
+                self.down_since = None
+            else:
+                log.info("streaming")
+
+    def _upgrade(self) -> bool:
+        try:
+            n = parse_client_response(self.view[: self.end], self.ws_key)
+        except InvalidHandshake as exc:
+            status = getattr(exc, "status", None)
+            if status in (401, 403):
+                log.error("the server refused the websocket upgrade: %s", exc)
+            self._connection_lost(f"websocket upgrade failed: {exc}")
+            return False
+        if n == 0:
+            if self.end == len(self.arena):
+                self._connection_lost("websocket upgrade response too large")
+            return False
+        self.upgraded = True
+        self.start = n
+        return True
+
+    def _compact(self) -> None:
+        # Views into the arena were dropped in _route; moving the tail is safe now.
+        start, end = self.start, self.end
+        if start == end:
+            self.start = self.end = 0
+        elif len(self.arena) - end < (256 << 10):
+            tail = end - start
+            self.arena[:tail] = self.view[start:end].tobytes()
+            self.start, self.end = 0, tail
+
+    # -- reporting ------------------------------------------------------------------------------
+    def _print_stats(self) -> None:
+        now = time.monotonic()
+        routed = self.c.routed
+        last = getattr(self, "_last_stats", (self.t0, 0))
+        rate = (routed - last[1]) / max(1e-9, now - last[0])
+        self._last_stats = (now, routed)
+        print(f"tb stats: {rate:,.0f} trades/s {self.counters_line()}", file=sys.stderr, flush=True)
+        self.loop.call_later(self.cfg.stats, self._print_stats)
+
+    def counters_line(self) -> str:
+        c, w = self.c, self.writer
+        written = sum(w.written_records) if w else 0
+        queued = w.queued_records if w else 0
+        share = max(c.per_pipe) / c.routed * 100 if c.routed else 0.0
+        state = "streaming" if self.session and self.session.streaming else "connecting"
+        if self.transport is None:
+            state = "disconnected"
+        return (
+            f"received={c.events} routed={c.routed} written={written} queued={queued}"
+            f" queued_bytes={w.queued_bytes if w else 0} dropped_no_symbol={c.no_symbol}"
+            f" statuses={c.statuses} fallback={c.fallback} malformed={c.malformed}"
+            f" reconnects={c.reconnects} disconnected_s={c.disconnected_s:.2f}"
+            f" max_pipe_share={share:.1f}% state={state}"
+        )
+
+    def summary(self) -> str:
+        wall = time.monotonic() - self.t0
+        cpu = time.process_time() - self.cpu0
+        per_m = cpu / (self.c.routed / 1e6) if self.c.routed else 0.0
+        return (
+            f"tb: final {self.counters_line()} bytes_in={self.c.bytes_in}"
+            f" wall_s={wall:.2f} cpu_s={cpu:.2f} cpu_s_per_million={per_m:.3f}"
+        )

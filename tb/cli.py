@@ -1,0 +1,297 @@
+"""The `tb` command line: one subcommand per job, one clear line per error, documented exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from tb import __version__
+
+__all__ = ["main", "parse_size", "CLIError"]
+
+
+class CLIError(Exception):
+    """A bad command line: printed as one line, exit code 2."""
+
+
+EXIT_HELP = """exit codes:
+  0  clean shutdown (SIGINT/SIGTERM, or --once and the server closed normally)
+  1  internal error, or the pipes could not be drained at shutdown
+  2  bad command line
+  3  authentication failed (the server refused the key; the message names where it came from)
+  4  the worker exited, or could not be started
+  5  --once: the connection failed or ended abnormally
+  6  TLS certificate verification failed
+"""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line saying what to fix (exit code 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def parse_size(text: str) -> int:
+    """'1G' / '512M' / '64K' / '1000' -> bytes."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    mult = units.get(t[-1:], 1)
+    if t[-1:] in units:
+        t = t[:-1]
+    try:
+        value = int(float(t) * mult)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 64K, 512M, 1G)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("logging")
+    g.add_argument("-v", "--verbose", action="count", default=0, help="more log lines (-vv: debug)")
+    g.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+
+
+def add_run_arguments(p: argparse.ArgumentParser, *, positional: bool = True) -> None:
+    if positional:
+        p.add_argument("url", help="feed URL, ws://HOST[:PORT]/PATH or wss://...")
+        p.add_argument(
+            "--pipes", "-n", type=_positive_int, required=True, help="number of pipes to the worker"
+        )
+        p.add_argument("--key", help="API key (else $POLYGON_API_KEY, else $MASSIVE_API_KEY)")
+        p.add_argument("--key-file", help="read the API key from this file (keeps it off argv)")
+        p.add_argument("--workdir", default=".", help="the worker's working directory (default: .)")
+    p.add_argument(
+        "--subscribe", default="T.*", help="topics to subscribe, comma separated (default: T.*)"
+    )
+    p.add_argument(
+        "--hash",
+        choices=["mixed", "compat"],
+        default="mixed",
+        help="symbol->pipe mapping: mixed (default, well spread) or compat "
+        "(the C original's (FNV-1a-64 >> 32) %% N, exactly)",
+    )
+    p.add_argument(
+        "--stats", type=float, default=0.0, metavar="SECONDS", help="print counters every SECONDS"
+    )
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="exit when the connection ends instead of reconnecting (tests, demos, replays)",
+    )
+    p.add_argument(
+        "--max-buffer",
+        type=parse_size,
+        default=1 << 30,
+        help="bound on bytes queued for the pipes; past it tb stops reading the socket (default 1G)",
+    )
+    p.add_argument(
+        "--max-message",
+        type=parse_size,
+        default=16 << 20,
+        help="largest websocket message accepted (default 16M); bigger closes with 1009",
+    )
+    p.add_argument(
+        "--pipe-size",
+        type=parse_size,
+        default=None,
+        help="pipe buffer size to ask for (default: /proc/sys/fs/pipe-max-size)",
+    )
+    p.add_argument("--loop", choices=["auto", "epoll", "uring"], default="auto", help="event loop")
+    p.add_argument(
+        "--cafile", help="CA bundle to verify the server with (default: the system store)"
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="do not verify the TLS certificate (test servers only)",
+    )
+    p.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to flush the pipes and wait for the worker at exit (default 10)",
+    )
+
+
+def _resolve_key(args: argparse.Namespace) -> tuple[str, str]:
+    if getattr(args, "key", None):
+        return args.key, "--key"
+    if getattr(args, "key_file", None):
+        try:
+            with open(args.key_file, encoding="utf-8") as f:
+                key = f.read().strip()
+        except OSError as exc:
+            raise CLIError(f"cannot read --key-file {args.key_file}: {exc.strerror}") from None
+        if not key:
+            raise CLIError(f"--key-file {args.key_file} is empty")
+        return key, f"--key-file {args.key_file}"
+    for var in ("POLYGON_API_KEY", "MASSIVE_API_KEY"):
+        if os.environ.get(var):
+            return os.environ[var], var
+    raise CLIError(
+        "no API key: pass --key or --key-file, or set POLYGON_API_KEY or MASSIVE_API_KEY"
+    )
+
+
+def _run_config(args: argparse.Namespace, worker: list[str]):
+    from tb.balancer import RunConfig
+    from tb.transport import parse_url
+
+    try:
+        url = parse_url(args.url)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    if not worker:
+        raise CLIError("no worker: give it after --, e.g. tb run URL --pipes 4 -- ./worker ARGS")
+    if not os.path.isdir(args.workdir):
+        raise CLIError(f"--workdir {args.workdir} is not a directory")
+    key, source = _resolve_key(args)
+    return RunConfig(
+        url=url,
+        pipes=args.pipes,
+        worker=worker,
+        key=key,
+        key_source=source,
+        subscribe=args.subscribe,
+        workdir=args.workdir,
+        hash=args.hash,
+        stats=args.stats,
+        once=args.once,
+        max_buffer=args.max_buffer,
+        max_message=args.max_message,
+        loop=args.loop,
+        pipe_size=args.pipe_size,
+        tls=getattr(args, "force_tls", None),
+        cafile=args.cafile,
+        insecure=args.insecure,
+        shutdown_timeout=args.shutdown_timeout,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tb.balancer import Balancer
+
+    cfg = _run_config(args, args.worker)
+    return Balancer(cfg).run()
+
+
+def cmd_lb(args: argparse.Namespace) -> int:
+    from tb.balancer import Balancer
+    from tb.transport import parse_url
+
+    args.pipes = args.npipes
+    args.url = args.address
+    args.key_file = None
+    cfg = _run_config(args, args.worker)
+    # The original speaks TLS exactly when the port is 443, whatever the scheme says.
+    cfg.tls = parse_url(args.address).port == 443
+    return Balancer(cfg).run()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    top = Parser(
+        prog="tb",
+        description="tb, the trade balancer: spreads a Polygon/Massive websocket feed by symbol "
+        "over N pipes to a worker process.",
+        epilog=EXIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    top.add_argument("--version", action="version", version=f"tb {__version__}")
+    sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+
+    run = sub.add_parser(
+        "run",
+        help="ingest a feed and spread it over pipes to a worker",
+        usage="tb run URL --pipes N [options] -- WORKER [ARGS...]",
+        description="Connect to URL, authenticate, subscribe, and write every event to pipe "
+        "hash(symbol) %% N as [u32 LE length][JSON]. The worker is started as "
+        "WORKER ARGS... FD0 ... FDn-1 with TB_PIPE_FDS=FD0,...,FDn-1 in its environment, in "
+        "--workdir; it gets SIGHUP if tb dies. Reconnects with backoff unless --once.",
+        epilog=EXIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_run_arguments(run)
+    _common(run)
+    run.set_defaults(func=cmd_run)
+
+    lb = sub.add_parser(
+        "lb",
+        help="the C original's positional command line: KEY URL NPIPES WORKDIR WORKER [ARGS...]",
+        usage="tb lb KEY URL NPIPES WORKDIR WORKER [ARGS...]",
+        description="Drop-in for mattsta/trade-balancer's lb: same arguments, same pipes, same "
+        "worker contract (TLS when the port is 443). Use --hash compat for the original's "
+        "exact symbol->pipe mapping.",
+        epilog=EXIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    lb.add_argument("key", help="API key")
+    lb.add_argument("address", help="feed URL")
+    lb.add_argument("npipes", type=_positive_int, help="number of pipes")
+    lb.add_argument("workdir", help="the worker's working directory")
+    lb.add_argument("worker", nargs=argparse.REMAINDER, help="worker program and its arguments")
+    add_run_arguments(lb, positional=False)
+    _common(lb)
+    lb.set_defaults(func=cmd_lb)
+
+    for name in ("gen", "replay", "record", "demo", "profile", "check"):
+        try:
+            module = __import__(f"tb.{name}", fromlist=["add_parser"])
+        except ImportError:
+            continue
+        module.add_parser(sub)
+    return top
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    level = logging.INFO
+    if getattr(args, "quiet", False):
+        level = logging.WARNING
+    elif getattr(args, "verbose", 0) >= 2:
+        level = logging.DEBUG
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s.%(msecs)03d %(name)s %(levelname)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    worker: list[str] = []
+    if argv[:1] == ["run"] and "--" in argv:
+        cut = argv.index("--")
+        argv, worker = argv[:cut], argv[cut + 1 :]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if args.command == "run":
+        args.worker = worker
+    if args.command == "lb" and args.worker[:1] == ["--"]:
+        args.worker = args.worker[1:]
+    _setup_logging(args)
+    try:
+        return args.func(args)
+    except CLIError as exc:
+        print(f"tb {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"tb {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,136 @@
+"""`tb demo`: the whole path on loopback, no API key, no internet.
+
+Generates a synthetic feed, serves it with `tb replay`, runs `tb run --once` against it with the
+example worker, shows live progress from tb's --stats lines, and checks at the end that the worker
+received exactly the trades the server sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+__all__ = ["add_parser", "main"]
+
+_STATS = re.compile(r"tb stats: ([\d,]+) trades/s .*?routed=(\d+) .*?queued=(\d+)")
+_FINAL = re.compile(r"tb: final .*?routed=(\d+) .*?cpu_s=([\d.]+) cpu_s_per_million=([\d.]+)")
+_SENT = re.compile(r"sent (\d+) trades in (\d+) messages")
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "demo",
+        help="run the whole pipeline on loopback with a synthetic feed (no key needed)",
+        description="Generate a synthetic feed, serve it with tb replay on 127.0.0.1, run tb run "
+        "against it with the example worker, show live progress and a final check that every "
+        "trade the server sent reached the worker. Ends by itself.",
+    )
+    p.add_argument("--trades", type=int, default=1_000_000, help="trades to send (default 1M)")
+    p.add_argument(
+        "--profile",
+        choices=["burst", "quiet"],
+        default="burst",
+        help="frame profile (default burst)",
+    )
+    p.add_argument("--pipes", type=int, default=4, help="pipes to the worker (default 4)")
+    p.add_argument("--out", default="tb-demo", help="output folder (default ./tb-demo)")
+    p.set_defaults(func=main)
+
+
+def _wait_listening(proc: subprocess.Popen, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        m = re.search(r"listening on (ws://\S+)", line)
+        if m:
+            return m.group(1)
+    raise RuntimeError("tb replay did not start listening")
+
+
+def main(args: argparse.Namespace) -> int:
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    py = sys.executable
+    replay_log = open(os.path.join(out, "replay.log"), "w")
+    run_log_path = os.path.join(out, "tb-run.log")
+    print(
+        f"tb demo: {args.trades:,} {args.profile} trades over {args.pipes} pipes; output in {out}"
+    )
+    replay = subprocess.Popen(
+        [py, "-m", "tb", "replay", "--listen", "127.0.0.1:0", "--close-after",
+         "--gen-profile", args.profile, "--gen-trades", str(args.trades)],
+        stdout=subprocess.PIPE, stderr=replay_log, text=True,
+    )  # fmt: skip
+    try:
+        try:
+            url = _wait_listening(replay, 120)
+        except RuntimeError as exc:
+            print(f"tb demo: {exc} (see {replay_log.name})", file=sys.stderr)
+            return 1
+        print(f"tb demo: replay server on {url}")
+        return _run(args, py, url + "/stocks", out, run_log_path, replay_log.name)
+    finally:
+        replay.terminate()
+        try:
+            replay.wait(5)
+        except subprocess.TimeoutExpired:
+            replay.kill()
+        replay_log.close()
+
+
+def _run(args, py: str, url: str, out: str, run_log_path: str, replay_log_path: str) -> int:
+    summary_path = os.path.join(out, "worker-summary.json")
+    if os.path.exists(summary_path):
+        os.unlink(summary_path)
+    cmd = [py, "-m", "tb", "run", url, "--pipes", str(args.pipes), "--key", "demo", "--once",
+           "--stats", "1", "--workdir", out, "--",
+           py, "-m", "tb.pipes.example_worker", "--out", "worker-summary.json"]  # fmt: skip
+    t0 = time.monotonic()
+    final = None
+    with open(run_log_path, "w") as run_log:
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=run_log, text=True)
+        for line in proc.stderr:
+            run_log.write(line)
+            m = _STATS.search(line)
+            if m:
+                print(
+                    f"  {time.monotonic() - t0:5.1f} s  {m.group(1):>12} trades/s"
+                    f"  routed {int(m.group(2)):>12,}  queued {int(m.group(3)):>9,}",
+                    flush=True,
+                )
+            f = _FINAL.search(line)
+            if f:
+                final = f
+        rc = proc.wait()
+    wall = time.monotonic() - t0
+    with open(replay_log_path) as f:
+        sent = sum(int(m.group(1)) for m in _SENT.finditer(f.read()))
+    try:
+        with open(summary_path) as f:
+            worker = json.load(f)
+    except (OSError, ValueError):
+        worker = None
+    received = worker.get("records") if worker else None
+    print(f"tb demo: tb run exited with {rc} after {wall:.1f} s (log: {run_log_path})")
+    if final:
+        print(
+            f"tb demo: balancer CPU {float(final.group(2)):.2f} s"
+            f" = {float(final.group(3)):.3f} CPU s per million trades"
+        )
+    if worker:
+        per_pipe = worker.get("per_pipe", [])
+        print(f"tb demo: per-pipe records {per_pipe}")
+    ok = rc == 0 and received == sent == args.trades
+    verdict = "OK" if ok else "MISMATCH"
+    print(
+        f"tb demo: {verdict}: server sent {sent:,} trades, worker received "
+        f"{'nothing' if received is None else f'{received:,}'}; worker summary in {summary_path}"
+    )
+    return 0 if ok else 1

@@ -1,0 +1,180 @@
+"""Transports: how bytes come off the network into tb's receive arena.
+
+Theory of operation: a transport is connected and handshaken (TCP, then TLS when asked) before
+the loop sees it; from then on it is a nonblocking fd with `recv_into(view) -> n` (0 at EOF,
+`None` when nothing is ready) and `send(data) -> n`. Plain TCP reads the socket straight into the
+arena; userspace TLS reads through `SSLSocket.recv_into`, which may hold decrypted bytes that the
+fd no longer shows as readable, so `recv_into` keeps reading until the SSL object is empty or the
+view is full. Connecting is blocking with a timeout: it happens only between sessions.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+__all__ = ["TransportError", "TLSVerifyError", "FeedURL", "parse_url", "Transport", "connect"]
+
+log = logging.getLogger("tb.transport")
+
+
+class TransportError(Exception):
+    """The connection could not be made or broke."""
+
+
+class TLSVerifyError(TransportError):
+    """The server's certificate did not verify (not retried: exit code 6)."""
+
+
+@dataclass(slots=True, frozen=True)
+class FeedURL:
+    scheme: str  # "ws" or "wss"
+    host: str
+    port: int
+    path: str  # path and query, at least "/"
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme == "wss"
+
+    @property
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.tls else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.host_header}{self.path}"
+
+
+def parse_url(url: str) -> FeedURL:
+    """Parse a ws:// or wss:// URL; raise ValueError with what is wrong."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss"):
+        raise ValueError(f"URL must start with ws:// or wss://, got {url!r}")
+    if not parts.hostname:
+        raise ValueError(f"URL has no host: {url!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"URL has a bad port: {url!r}") from None
+    if port is None:
+        port = 443 if parts.scheme == "wss" else 80
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return FeedURL(parts.scheme, parts.hostname, port, path)
+
+
+class Transport:
+    """A connected, nonblocking byte stream (plain TCP or userspace TLS)."""
+
+    def __init__(self, sock: socket.socket, kind: str) -> None:
+        self.sock = sock
+        self.kind = kind  # "tcp", "tls"
+        self.fd = sock.fileno()
+        self._tls = isinstance(sock, ssl.SSLSocket)
+
+    def recv_into(self, view: memoryview) -> int | None:
+        """Read into `view`; return bytes read, 0 at EOF, None if nothing was ready."""
+        if not self._tls:
+            try:
+                return self.sock.recv_into(view)
+            except (BlockingIOError, InterruptedError):
+                return None
+            except OSError as exc:
+                raise TransportError(f"receive failed: {exc.strerror or exc}") from None
+        got = 0
+        size = len(view)
+        sock = self.sock
+        while got < size:
+            try:
+                n = sock.recv_into(view[got:])
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                break
+            except ssl.SSLZeroReturnError:
+                return got or 0
+            except (ssl.SSLError, OSError) as exc:
+                if got:
+                    return got
+                raise TransportError(f"TLS receive failed: {exc}") from None
+            if n == 0:
+                return got
+            got += n
+            if not sock.pending():
+                break
+        return got if got else None
+
+    def send(self, data: bytes | memoryview) -> int:
+        """Send what the socket takes now; return the count (0 if it would block)."""
+        try:
+            return self.sock.send(data)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            return 0
+        except OSError as exc:
+            raise TransportError(f"send failed: {exc.strerror or exc}") from None
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def connect(
+    url: FeedURL,
+    *,
+    timeout: float = 10.0,
+    tls: bool | None = None,
+    cafile: str | None = None,
+    insecure: bool = False,
+    rcvbuf: int = 4 << 20,
+) -> Transport:
+    """Connect (and TLS-handshake) to `url`; return a nonblocking Transport.
+
+    Raises:
+        TransportError: DNS, TCP or TLS failure, with the reason.
+        TLSVerifyError: the certificate did not verify.
+    """
+    use_tls = url.tls if tls is None else tls
+    try:
+        sock = socket.create_connection((url.host, url.port), timeout=timeout)
+    except socket.gaierror as exc:
+        raise TransportError(f"cannot resolve {url.host}: {exc.strerror}") from None
+    except TimeoutError:
+        raise TransportError(
+            f"connect to {url.host}:{url.port} timed out after {timeout:g} s"
+        ) from None
+    except OSError as exc:
+        raise TransportError(
+            f"connect to {url.host}:{url.port} failed: {exc.strerror or exc}"
+        ) from None
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    except OSError:
+        pass  # the kernel caps it at net.core.rmem_max; a smaller buffer still works
+    if not use_tls:
+        sock.setblocking(False)
+        return Transport(sock, "tcp")
+    ctx = ssl.create_default_context(cafile=cafile)
+    if insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    try:
+        ssock = ctx.wrap_socket(sock, server_hostname=url.host)
+    except ssl.SSLCertVerificationError as exc:
+        sock.close()
+        raise TLSVerifyError(
+            f"TLS certificate of {url.host} did not verify: {exc.verify_message or exc.reason}"
+            " (use --cafile for a private CA, or --insecure for a test server)"
+        ) from None
+    except (ssl.SSLError, OSError) as exc:
+        sock.close()
+        raise TransportError(f"TLS handshake with {url.host} failed: {exc}") from None
+    ssock.setblocking(False)
+    log.info("TLS %s %s (userspace)", ssock.version(), (ssock.cipher() or ("?",))[0])
+    return Transport(ssock, "tls")

@@ -1,0 +1,243 @@
+"""`tb run` against servers tb did not write: the `websockets` library, and a raw socket server
+that sends garbage."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import random
+import socket
+import sys
+import threading
+
+import pytest
+from conftest import VERIFY_WORKER, check_delivery, read_log, run_tb
+
+websockets_sync = pytest.importorskip("websockets.sync.server")
+
+
+def spaced_feed(n_messages: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    syms = ["AAPL", "MSFT", "A", "BRK.A", "TSLA", "NVDA", "SPY", "Z" * 12, "QQQ"]
+    out, seq = [], 0
+    for _ in range(n_messages):
+        events = []
+        for _ in range(rng.randint(1, 40)):
+            seq += 1
+            ev = {"ev": "T", "sym": rng.choice(syms), "i": str(seq), "x": 4, "p": 100.5,
+                  "s": 10, "c": [12, 37], "t": 1700000000000 + seq, "q": seq, "z": 3}  # fmt: skip
+            items = list(ev.items())
+            rng.shuffle(items)  # key order is not guaranteed by the feed
+            events.append(dict(items))
+        out.append(json.dumps(events))  # json.dumps defaults: spaces after ':' and ','
+    return out
+
+
+class WebsocketsFeed:
+    """A feed server on the websockets library: fragments, pings, spaced JSON, then close 1000."""
+
+    def __init__(self, messages: list[str]) -> None:
+        self.messages = messages
+        self.pongs = 0
+        self.auth = None
+        self.server = websockets_sync.serve(self.handler, "127.0.0.1", 0, compression=None)
+        self.port = self.server.socket.getsockname()[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def handler(self, ws) -> None:
+        ws.send(
+            json.dumps(
+                [{"ev": "status", "status": "connected", "message": "Connected Successfully"}]
+            )
+        )
+        self.auth = json.loads(ws.recv(timeout=10))
+        ws.send('[{"ev":"status","status":"auth_success","message":"authenticated"}]')
+        sub = json.loads(ws.recv(timeout=10))
+        for topic in sub["params"].split(","):
+            ws.send(
+                json.dumps(
+                    [{"ev": "status", "status": "success", "message": f"subscribed to: {topic}"}]
+                )
+            )
+        for i, msg in enumerate(self.messages):
+            if i % 7 == 0:
+                cut = [0, len(msg) // 3, len(msg) // 2, len(msg)]
+                ws.send(
+                    [msg[a:b] for a, b in zip(cut, cut[1:], strict=False)]
+                )  # a fragmented message
+            else:
+                ws.send(msg)
+            if i % 25 == 0:
+                if ws.ping(str(i).encode()).wait(10):
+                    self.pongs += 1
+        ws.close(1000, "done")
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_websockets_library_server_fragments_pings_spaces(tmp_path):
+    messages = spaced_feed(200, seed=11)
+    feed = WebsocketsFeed(messages)
+    log = tmp_path / "log.jsonl"
+    try:
+        proc = run_tb(
+            ["run", f"ws://127.0.0.1:{feed.port}/stocks", "--pipes", "4", "--key", "kk", "--once",
+             "--subscribe", "T.AAPL,T.MSFT", "--workdir", str(tmp_path),
+             "--", sys.executable, VERIFY_WORKER, str(log)]
+        )  # fmt: skip
+    finally:
+        feed.close()
+    assert proc.returncode == 0, proc.stderr
+    assert feed.auth == {"action": "auth", "params": "kk"}
+    assert feed.pongs == len(range(0, 200, 25)), "every ping was answered with a pong"
+    check_delivery(read_log(log), messages, 4)
+    assert "Traceback" not in proc.stderr
+
+
+def _accept(key: str) -> str:
+    digest = hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
+    return base64.b64encode(digest).decode()
+
+
+def _frame(payload: bytes, opcode: int = 1) -> bytes:
+    n = len(payload)
+    if n < 126:
+        head = bytes([0x80 | opcode, n])
+    elif n < 65536:
+        head = bytes([0x80 | opcode, 126]) + n.to_bytes(2, "big")
+    else:
+        head = bytes([0x80 | opcode, 127]) + n.to_bytes(8, "big")
+    return head + payload
+
+
+class RawFeed:
+    """One connection at a time, scripted: handshake, greeting/auth/subscribe, then `script` bytes."""
+
+    def __init__(self, script: list[bytes]) -> None:
+        self.script = script
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.received = b""
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        self.sock.settimeout(20)
+        conn, _ = self.sock.accept()
+        conn.settimeout(10)
+        with conn:
+            req = b""
+            while b"\r\n\r\n" not in req:
+                req += conn.recv(4096)
+            key = [
+                ln.split(b":", 1)[1].strip()
+                for ln in req.split(b"\r\n")
+                if ln.lower().startswith(b"sec-websocket-key")
+            ][0]
+            conn.sendall(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Accept: "
+                + _accept(key.decode()).encode()
+                + b"\r\n\r\n"
+                + _frame(b'[{"ev":"status","status":"connected","message":"hi"}]')
+            )
+            self._read_some(conn)  # auth
+            conn.sendall(_frame(b'[{"ev":"status","status":"auth_success","message":"ok"}]'))
+            self._read_some(conn)  # subscribe
+            conn.sendall(
+                _frame(b'[{"ev":"status","status":"success","message":"subscribed to: T.*"}]')
+            )
+            for chunk in self.script:
+                conn.sendall(chunk)
+            try:
+                while True:
+                    data = conn.recv(65536)
+                    if not data:
+                        break
+                    self.received += data
+            except OSError:
+                pass
+
+    def _read_some(self, conn) -> None:
+        self.received += conn.recv(65536)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _close_code_sent(data: bytes) -> int | None:
+    # Find the client's (masked) close frame among what the server received: opcode 0x88.
+    i = data.rfind(b"\x88")
+    if i < 0 or i + 8 > len(data):
+        return None
+    mask = data[i + 2 : i + 6]
+    code = bytes(b ^ mask[j] for j, b in enumerate(data[i + 6 : i + 8]))
+    return int.from_bytes(code, "big")
+
+
+def trade(sym: str, q: int) -> dict:
+    return {"ev": "T", "sym": sym, "i": str(q), "x": 1, "p": 1.5, "s": 1, "t": 1, "q": q}
+
+
+def test_garbage_frame_closes_1002_and_keeps_what_came_before(tmp_path):
+    good = [json.dumps([trade("AAPL", 1), trade("MSFT", 2)]), json.dumps([trade("A", 3)])]
+    feed = RawFeed([_frame(m.encode()) for m in good] + [b"\x83\x05hello"])  # opcode 3: reserved
+    log = tmp_path / "log.jsonl"
+    try:
+        proc = run_tb(["run", f"ws://127.0.0.1:{feed.port}/", "--pipes", "2", "--key", "k", "--once",
+                       "--workdir", str(tmp_path), "--", sys.executable, VERIFY_WORKER, str(log)])  # fmt: skip
+        feed.thread.join(10)
+    finally:
+        feed.close()
+    assert proc.returncode == 5, proc.stderr
+    assert "protocol error" in proc.stderr and "Traceback" not in proc.stderr
+    assert _close_code_sent(feed.received) == 1002
+    check_delivery(read_log(log), good, 2)
+
+
+def test_non_json_payload_is_counted_and_the_rest_is_delivered(tmp_path):
+    good = [json.dumps([trade("AAPL", 1)]), json.dumps([trade("MSFT", 2), trade("AAPL", 3)])]
+    script = [_frame(good[0].encode()), _frame(b"this is not json {"), _frame(good[1].encode()),
+              _frame(b'[{"ev":"T","sym":"NVDA","i":"4","q":4},'), _frame(b"\x88\x02\x03\xe8")]  # fmt: skip
+    feed = RawFeed(script)
+    log = tmp_path / "log.jsonl"
+    try:
+        proc = run_tb(["run", f"ws://127.0.0.1:{feed.port}/", "--pipes", "3", "--key", "k", "--once",
+                       "--workdir", str(tmp_path), "--", sys.executable, VERIFY_WORKER, str(log)])  # fmt: skip
+    finally:
+        feed.close()
+    assert proc.returncode == 0, proc.stderr
+    assert "malformed" in proc.stderr and "Traceback" not in proc.stderr
+    final = [ln for ln in proc.stderr.splitlines() if "tb: final" in ln][0]
+    assert "malformed=2" in final
+    # The truncated array's complete object is still routed: nothing that arrived whole is lost.
+    check_delivery(read_log(log), good + ['[{"ev":"T","sym":"NVDA","i":"4","q":4}]'], 3)
+
+
+def test_invalid_utf8_closes_1007(tmp_path):
+    feed = RawFeed([_frame(b'[{"ev":"T","sym":"A\xff"}]')])
+    try:
+        proc = run_tb(["run", f"ws://127.0.0.1:{feed.port}/", "--pipes", "2", "--key", "k", "--once",
+                       "--workdir", str(tmp_path), "--", sys.executable, VERIFY_WORKER, str(tmp_path / "l")])  # fmt: skip
+        feed.thread.join(10)
+    finally:
+        feed.close()
+    assert proc.returncode == 5, proc.stderr
+    assert _close_code_sent(feed.received) == 1007
+    assert "Traceback" not in proc.stderr
+
+
+def test_oversized_message_closes_1009(tmp_path):
+    feed = RawFeed([_frame(b"[" + b" " * 70000 + b"]")])
+    try:
+        proc = run_tb(["run", f"ws://127.0.0.1:{feed.port}/", "--pipes", "2", "--key", "k", "--once",
+                       "--max-message", "64K", "--workdir", str(tmp_path),
+                       "--", sys.executable, VERIFY_WORKER, str(tmp_path / "l")])  # fmt: skip
+        feed.thread.join(10)
+    finally:
+        feed.close()
+    assert proc.returncode == 5, proc.stderr
+    assert _close_code_sent(feed.received) == 1009

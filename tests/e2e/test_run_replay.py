@@ -1,0 +1,190 @@
+"""`tb run` and `tb lb` as real processes against `tb replay` on 127.0.0.1."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from conftest import VERIFY_WORKER, check_delivery, expected_events, read_log, run_tb
+
+from tb.capture import read_capture
+
+
+@pytest.fixture(scope="module")
+def captures(tmp_path_factory):
+    d = tmp_path_factory.mktemp("captures")
+    made = {}
+    for name, args in {
+        "burst": ["--profile", "burst", "--trades", "30000", "--symbols", "2000", "--seed", "3"],
+        "quiet": ["--profile", "quiet", "--trades", "5000", "--seed", "4", "--style", "spaced"],
+    }.items():
+        path = d / f"{name}.tbcap"
+        proc = run_tb(["gen", str(path), *args])
+        assert proc.returncode == 0, proc.stderr
+        made[name] = (path, list(read_capture(str(path))))
+    return made
+
+
+def worker(log) -> list[str]:
+    return [sys.executable, VERIFY_WORKER, str(log)]
+
+
+@pytest.mark.parametrize(
+    "profile,pipes,hash_name",
+    [("burst", 4, "mixed"), ("quiet", 7, "compat"), ("burst", 32, "compat")],
+)
+def test_every_trade_arrives_once_in_order(
+    tmp_path, captures, replay_factory, profile, pipes, hash_name
+):
+    path, payloads = captures[profile]
+    replay = replay_factory(str(path), "--close-after")
+    log = tmp_path / "log.jsonl"
+    proc = run_tb(
+        ["run", replay.url + "/stocks", "--pipes", str(pipes), "--key", "k", "--once",
+         "--hash", hash_name, "--workdir", str(tmp_path), "--", *worker(log)]
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    check_delivery(read_log(log), payloads, pipes, hash_name)
+    n = len(expected_events(payloads))
+    final = [line for line in proc.stderr.splitlines() if "tb: final" in line]
+    assert final and f"routed={n} written={n} queued=0" in final[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+def test_lb_positional_form_is_the_original_cli(tmp_path, captures, replay_factory):
+    path, payloads = captures["burst"]
+    replay = replay_factory(str(path), "--close-after")
+    log = tmp_path / "log.jsonl"
+    proc = run_tb(
+        [
+            "lb",
+            "--once",
+            "--hash",
+            "compat",
+            "KEY",
+            replay.url + "/stocks",
+            "5",
+            str(tmp_path),
+            *worker(log),
+        ]
+    )
+    assert proc.returncode == 0, proc.stderr
+    check_delivery(read_log(log), payloads, 5, "compat")
+
+
+def test_wrong_key_exits_3_and_names_the_source(tmp_path, captures, replay_factory):
+    path, _ = captures["quiet"]
+    replay = replay_factory(str(path), "--key", "right-key")
+    proc = run_tb(
+        [
+            "run",
+            replay.url,
+            "--pipes",
+            "2",
+            "--workdir",
+            str(tmp_path),
+            "--",
+            *worker(tmp_path / "l"),
+        ],
+        env={"POLYGON_API_KEY": "wrong-key-123"},
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert "POLYGON_API_KEY" in proc.stderr and "authentication failed" in proc.stderr
+    assert "wrong-key-123" not in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_massive_key_variable_is_used(tmp_path, captures, replay_factory):
+    path, payloads = captures["quiet"]
+    replay = replay_factory(str(path), "--key", "mk", "--close-after")
+    log = tmp_path / "log.jsonl"
+    proc = run_tb(
+        [
+            "run",
+            replay.url,
+            "--pipes",
+            "3",
+            "--once",
+            "--workdir",
+            str(tmp_path),
+            "--",
+            *worker(log),
+        ],
+        env={"MASSIVE_API_KEY": "mk"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "MASSIVE_API_KEY" in proc.stderr and "mk" not in proc.stderr.replace("MASSIVE", "")
+    check_delivery(read_log(log), payloads, 3)
+
+
+def test_key_is_not_on_the_workers_argv(tmp_path, replay_factory, captures):
+    path, _ = captures["quiet"]
+    replay = replay_factory(str(path), "--close-after")
+    script = tmp_path / "argv_worker.py"
+    script.write_text(
+        "import sys, os\n"
+        "open('argv.txt','w').write(repr(sys.argv) + '\\n' + os.environ['TB_PIPE_FDS'])\n"
+        "from tb.pipes import read_records\n"
+        "for _ in read_records([int(a) for a in sys.argv[1:]]): pass\n"
+    )
+    proc = run_tb(
+        ["run", replay.url, "--pipes", "3", "--key", "sekrit-77", "--once", "--workdir", str(tmp_path),
+         "--", sys.executable, str(script)]
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    argv_text, fds = (tmp_path / "argv.txt").read_text().split("\n")
+    assert "sekrit-77" not in argv_text
+    argv = eval(argv_text)
+    assert argv[1:] == fds.split(",") and len(argv) == 4
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (
+            ["run", "ws://127.0.0.1:1/", "--pipes", "2", "--bogus", "--", "true"],
+            "unrecognized arguments",
+        ),
+        (["run", "ws://127.0.0.1:1/", "--pipes", "0", "--", "true"], "--pipes"),
+        (["run", "http://x/", "--pipes", "2", "--key", "k", "--", "true"], "ws://"),
+        (["run", "ws://127.0.0.1:1/", "--pipes", "2", "--", "true"], "no API key"),
+        (["run", "ws://127.0.0.1:1/", "--pipes", "2", "--key", "k"], "no worker"),
+        (
+            [
+                "run",
+                "ws://127.0.0.1:1/",
+                "--pipes",
+                "2",
+                "--key",
+                "k",
+                "--max-buffer",
+                "lots",
+                "--",
+                "true",
+            ],
+            "not a size",
+        ),
+    ],
+)
+def test_bad_command_lines_exit_2_with_one_line(args, needle):
+    proc = run_tb(args, timeout=20)
+    assert proc.returncode == 2, proc.stderr
+    assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) <= 2, proc.stderr
+
+
+def test_missing_worker_exits_4(tmp_path, replay_factory, captures):
+    replay = replay_factory(str(captures["quiet"][0]))
+    proc = run_tb(["run", replay.url, "--pipes", "2", "--key", "k", "--workdir", str(tmp_path),
+                   "--", str(tmp_path / "no-such-worker")])  # fmt: skip
+    assert proc.returncode == 4, proc.stderr
+    assert "no-such-worker" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_worker_that_dies_is_reported_and_tb_exits_4(tmp_path, replay_factory, captures):
+    replay = replay_factory(str(captures["burst"][0]))
+    proc = run_tb(["run", replay.url, "--pipes", "2", "--key", "k", "--workdir", str(tmp_path),
+                   "--", sys.executable, "-c", "import sys; sys.exit(7)"])  # fmt: skip
+    assert proc.returncode == 4, proc.stderr
+    assert "exited with status 7" in proc.stderr and "Traceback" not in proc.stderr
