@@ -75,7 +75,8 @@ class RunConfig:
     max_message: int = 16 << 20
     loop: str = "auto"
     pipe_size: int | None = None
-    tls: bool | None = None
+    tls: bool | None = None  # None: by the URL's scheme
+    tls_mode: str = "auto"  # auto | ktls | userspace
     cafile: str | None = None
     insecure: bool = False
     connect_timeout: float = 10.0
@@ -268,6 +269,7 @@ class Balancer:
                 cfg.url,
                 timeout=cfg.connect_timeout,
                 tls=cfg.tls,
+                tls_mode=cfg.tls_mode,
                 cafile=cfg.cafile,
                 insecure=cfg.insecure,
             )

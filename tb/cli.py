@@ -177,6 +177,7 @@ def _run_config(args: argparse.Namespace, worker: list[str]):
         loop=args.loop,
         pipe_size=args.pipe_size,
         tls=getattr(args, "force_tls", None),
+        tls_mode=args.tls,
         cafile=args.cafile,
         insecure=args.insecure,
         shutdown_timeout=args.shutdown_timeout,

@@ -129,6 +129,7 @@ def connect(
     *,
     timeout: float = 10.0,
     tls: bool | None = None,
+    tls_mode: str = "auto",
     cafile: str | None = None,
     insecure: bool = False,
     rcvbuf: int = 4 << 20,
