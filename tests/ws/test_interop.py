@@ -17,6 +17,7 @@ websockets_sync_client = pytest.importorskip("websockets.sync.client")
 
 from tb.ws import (  # noqa: E402
     Connection,
+    PayloadTooBig,
     State,
     client_request,
     parse_client_response,
@@ -178,3 +179,22 @@ def test_tb_server_against_websockets_client() -> None:
         "client leaving",
         State.CLOSED,
     )
+
+
+def test_tb_client_refuses_oversized_message_with_1009(websockets_server) -> None:
+    port, seen = websockets_server
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        request, key = client_request(f"127.0.0.1:{port}", "/")
+        sock.sendall(request)
+        buf = bytearray()
+        while not (consumed := parse_client_response(buf, key)):
+            buf += sock.recv(4096)
+        del buf[:consumed]
+        conn = Connection(client=True, max_message=len(BIG) - 1)
+        with pytest.raises(PayloadTooBig):
+            pump(sock, conn, buf, lambda conn, message: None)
+        assert conn.state is State.CLOSING
+        sock.sendall(conn.data_to_send())  # the 1009 close, then drop the connection
+    assert seen["done"].wait(TIMEOUT)
+    assert seen["pong"] is True
+    assert seen["errors"] and "1009" in seen["errors"][0]
