@@ -59,7 +59,8 @@ class _Chunk:
 def _complete_records(data: Buffer, start: int, end: int) -> tuple[int, int]:
     """Count the records lying wholly in data[start:end] (start on a boundary).
 
-    Returns (count, offset of the first record not wholly inside)."""
+    Returns (count, offset of the first record not wholly inside). Pinned by
+    tests/pipes/test_writer.py::test_records_counted_at_any_split."""
     unpack = _HEADER.unpack_from
     count = 0
     while start + 4 <= end:
@@ -72,7 +73,9 @@ def _complete_records(data: Buffer, start: int, end: int) -> tuple[int, int]:
 
 
 def _detach(run: Buffer, start: int) -> memoryview:
-    """run[start:] as a view that stays valid after the caller reuses or releases its buffer."""
+    """run[start:] as a view that stays valid after the caller reuses or releases its buffer.
+
+    Pinned by test_writer.py::test_queued_data_does_not_depend_on_the_callers_buffer."""
     if isinstance(run, bytes):
         return memoryview(run)[start:]
     if isinstance(run, memoryview) and isinstance(run.obj, bytes):
@@ -81,7 +84,11 @@ def _detach(run: Buffer, start: int) -> memoryview:
 
 
 class PipeWriter:
-    """Writes per-pipe record runs to nonblocking pipe write ends without ever blocking."""
+    """Writes per-pipe record runs to nonblocking pipe write ends without ever blocking.
+
+    The writer callbacks run on `loop`; a broken pipe found there raises PipeError out of
+    loop.run(), naming the pipe.
+    """
 
     def __init__(
         self,
