@@ -23,10 +23,12 @@ max_buffer); once the queue has drained below max_buffer/2, on_drain() is called
 from __future__ import annotations
 
 import errno
+import fcntl
 import math
 import os
 import select
 import struct
+import termios
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -70,6 +72,38 @@ def _complete_records(data: Buffer, start: int, end: int) -> tuple[int, int]:
         start = stop
         count += 1
     return count, start
+
+
+def _unread_bytes(fd: int) -> int:
+    buf = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
+    return struct.unpack("i", buf)[0]
+
+
+def _read_exactly(fd: int, n: int) -> bytes:
+    parts, left = [], n
+    while left:
+        chunk = os.read(fd, left)  # the read end is blocking and holds n bytes: no wait
+        if not chunk:
+            break
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
+def _first_boundary(data: bytes, end: int) -> int:
+    """Smallest p such that data[p:end] is a whole chain of records, each a JSON object.
+
+    A record header is a u32 length; JSON text never holds a raw NUL, so a chain of plausible
+    headers that lands exactly on `end` does not happen by chance inside a torn record's bytes.
+    """
+    unpack = _HEADER.unpack_from
+    for p in range(0, end + 1):
+        pos = p
+        while pos + 5 <= end and data[pos + 4] == 0x7B:  # "{"
+            pos += 4 + unpack(data, pos)[0]
+        if pos == end:
+            return p
+    return end
 
 
 def _detach(run: Buffer, start: int) -> memoryview:
@@ -225,6 +259,54 @@ class PipeWriter:
         if exc.errno == errno.EPIPE:
             return PipeError(f"pipe {i}: no reader left (EPIPE); {what} not written")
         return PipeError(f"pipe {i}: write failed ({exc.strerror}); {what} not written")
+
+    # -- a reader died ---------------------------------------------------------------------------
+    def resync(self, i: int, read_fd: int) -> int:
+        """Make pipe i start on a record boundary again after its reader died; return records lost.
+
+        The balancer holds its own copy of every read end, so what the dead reader left unread is
+        still in the pipe: FIONREAD tells how much. Those bytes are read out, the torn tail of the
+        record the reader died inside (if any) is cut off, and the rest is written back, so the
+        next reader starts on a boundary. If the reader had taken all of a partly written record,
+        the remainder of that record is dropped from the queue instead. At most one record is lost
+        per death, and it is counted (written_records includes it: it did reach the pipe).
+        Pinned by tests/pipes/test_resync.py and the kill tests in tests/e2e.
+        """
+        fd = self.fds[i]
+        unread = _unread_bytes(read_fd)
+        data = _read_exactly(read_fd, unread) if unread else b""
+        queue = self._queues[i]
+        head = queue[0] if queue else None
+        # Bytes at the end of `data` that start a record whose remainder is still queued.
+        partial = head.off - head.rec_off if head is not None else 0
+        lost = 0
+        if partial > unread:
+            # The reader took the start of the record being written: drop that record's rest.
+            size = 4 + _HEADER.unpack_from(head.data, head.rec_off)[0]
+            skip = head.rec_off + size - head.off
+            head.off += skip
+            head.rec_off = head.off
+            head.records -= 1
+            self.queued_bytes -= skip
+            self.queued_bytes_per_pipe[i] -= skip
+            self.queued_records -= 1
+            self.written_records[i] += 1
+            if head.off == len(head.data):
+                queue.popleft()
+            lost, keep = 1, b""
+        else:
+            boundary = len(data) - partial
+            first = _first_boundary(data, boundary)
+            lost = 1 if first else 0
+            keep = data[first:]
+        if keep:
+            # The pipe is empty now and held all of it a moment ago: this write cannot be short.
+            n = os.write(fd, keep)
+            if n != len(keep):
+                raise PipeError(f"pipe {i}: could not put {len(keep) - n} bytes back after resync")
+        if not queue:
+            self.loop.remove_writer(fd)
+        return lost
 
     # -- back-pressure, shutdown ----------------------------------------------------------------
     def over_limit(self) -> bool:
