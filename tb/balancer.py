@@ -85,6 +85,11 @@ class RunConfig:
     backoff_min: float = 0.25
     backoff_max: float = 30.0
     numpy_min_bytes: int | None = None
+    ping_interval: float = 20.0  # client pings this often while connected (0: never)
+    idle_timeout: float = 60.0  # nothing at all received for this long: the peer is gone
+    restart: str = "on-failure"  # always | on-failure | never
+    max_restarts: int = 10  # more restarts than this within restart_window: give up (exit 4)
+    restart_window: float = 60.0
 
 
 @dataclass(slots=True)
@@ -101,6 +106,8 @@ class Counters:
     connections: int = 0
     disconnected_s: float = 0.0
     recvs: int = 0
+    lost_in_worker: int = 0
+    worker_restarts: int = 0
     per_pipe: list[int] = field(default_factory=list)
 
 
@@ -134,6 +141,11 @@ class Balancer:
         self.pipeset = None
         self.writer: PipeWriter | None = None
         self.worker = None
+        self.restarts: list[float] = []
+        self.worker_started = 0.0
+        self.restart_delay = 0.1
+        self.last_rx = 0.0
+        self.last_ping = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------------
     def run(self) -> int:
@@ -147,19 +159,19 @@ class Balancer:
                 self.pipeset.size >> 10,
                 "" if cfg.pipe_size else " (the most this kernel allows without privileges)",
             )
-            self.worker = spawn_worker(cfg.worker, self.pipeset.read_fds, cfg.workdir)
         except PipeError as exc:
             log.error("%s", exc)
             return EXIT_WORKER
-        log.info("worker %s started (pid %d)", " ".join(cfg.worker), self.worker.pid)
+        if not self._start_worker():
+            return EXIT_WORKER
         self.writer = PipeWriter(
             self.loop, self.pipeset.write_fds, max_buffer=cfg.max_buffer, on_drain=self._on_drain
         )
-        self.loop.add_reader(self.worker.pidfd, self._on_worker_exit)
         self._install_signals()
         if cfg.stats > 0:
             self.loop.call_later(cfg.stats, self._print_stats)
         self.loop.call_soon(self._connect)
+        self.loop.call_later(1.0, self._tick)
         try:
             self.loop.run()
         finally:
@@ -249,13 +261,57 @@ class Balancer:
         if rc is None:
             return
         self.loop.remove_reader(self.worker.pidfd)
+        self.worker.close()
+        w = self.writer
         log.error(
-            "worker %s; %d records (%d bytes) were still queued for it",
+            "worker %s; %d records (%d bytes) queued for it",
             self.worker.describe(rc),
-            self.writer.queued_records,
-            self.writer.queued_bytes,
+            w.queued_records,
+            w.queued_bytes,
         )
-        self.stop(EXIT_WORKER)
+        # What the dead worker left in the pipes stays there for the next one, minus the torn
+        # record it died inside, if any (see PipeWriter.resync).
+        for i, fd in enumerate(self.pipeset.read_fds):
+            lost = w.resync(i, fd)
+            if lost:
+                self.c.lost_in_worker += lost
+                log.warning("pipe %d: the worker died inside a record: %d record lost", i, lost)
+        policy = self.cfg.restart
+        if policy == "never" or (policy == "on-failure" and rc == 0) or self.stopping:
+            self.stop(EXIT_WORKER)
+            return
+        now = time.monotonic()
+        self.restarts = [t for t in self.restarts if now - t < self.cfg.restart_window]
+        if len(self.restarts) >= self.cfg.max_restarts:
+            log.error(
+                "the worker died %d times in %.0f s: giving up",
+                len(self.restarts) + 1,
+                self.cfg.restart_window,
+            )
+            self.stop(EXIT_WORKER)
+            return
+        if now - self.worker_started > 30:
+            self.restart_delay = 0.1  # it ran a good while: this is a fresh failure
+        delay, self.restart_delay = self.restart_delay, min(10.0, self.restart_delay * 2)
+        self.restarts.append(now)
+        log.warning("restarting the worker in %.1f s (records keep queueing meanwhile)", delay)
+        self.loop.call_later(delay, self._start_worker)
+
+    def _start_worker(self) -> bool:
+        if self.stopping:
+            return False
+        try:
+            self.worker = spawn_worker(self.cfg.worker, self.pipeset.read_fds, self.cfg.workdir)
+        except PipeError as exc:
+            log.error("%s", exc)
+            self.stop(EXIT_WORKER)
+            return False
+        self.worker_started = time.monotonic()
+        if self.restarts:
+            self.c.worker_restarts += 1
+        log.info("worker %s started (pid %d)", " ".join(self.cfg.worker), self.worker.pid)
+        self.loop.add_reader(self.worker.pidfd, self._on_worker_exit)
+        return True
 
     # -- connection -----------------------------------------------------------------------------
     def _connect(self) -> None:
@@ -286,9 +342,27 @@ class Balancer:
         self.upgraded = False
         self.start = self.end = 0
         self.out.clear()
+        self.last_rx = self.last_ping = time.monotonic()
         self._send(request)
         self._resume_reading()
         self.conn_timer = self.loop.call_later(cfg.handshake_timeout, self._handshake_timeout)
+
+    def _tick(self) -> None:
+        """Once a second: client pings, and dead-peer detection (nothing received for too long)."""
+        self.loop.call_later(1.0, self._tick)
+        if self.transport is None or self.ws is None or not self.upgraded:
+            return
+        now = time.monotonic()
+        cfg = self.cfg
+        if cfg.idle_timeout and now - self.last_rx > cfg.idle_timeout:
+            self._connection_lost(
+                f"nothing received for {now - self.last_rx:.0f} s: the peer is gone"
+            )
+            return
+        if cfg.ping_interval and now - self.last_ping >= cfg.ping_interval:
+            self.last_ping = now
+            self.ws.send_ping(b"tb")
+            self._send(self.ws.data_to_send())
 
     def _handshake_timeout(self) -> None:
         if self.session is not None and not self.session.streaming:
@@ -386,6 +460,7 @@ class Balancer:
             return
         self.c.recvs += 1
         self.c.bytes_in += n
+        self.last_rx = time.monotonic()
         self.end += n
         if not self.upgraded and not self._upgrade():
             return
@@ -522,6 +597,7 @@ class Balancer:
             f"received={c.events} routed={c.routed} written={written} queued={queued}"
             f" queued_bytes={w.queued_bytes if w else 0} dropped_no_symbol={c.no_symbol}"
             f" statuses={c.statuses} fallback={c.fallback} malformed={c.malformed}"
+            f" lost_in_worker={c.lost_in_worker} worker_restarts={c.worker_restarts}"
             f" reconnects={c.reconnects} disconnected_s={c.disconnected_s:.2f}"
             f" max_pipe_share={share:.1f}% state={state}"
         )

@@ -121,6 +121,33 @@ def add_run_arguments(p: argparse.ArgumentParser, *, positional: bool = True) ->
         help="do not verify the TLS certificate (test servers only)",
     )
     p.add_argument(
+        "--ping-interval",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
+        help="send a websocket ping this often (default 20; 0 = never)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="reconnect when nothing at all arrives for this long (default 60; 0 = never)",
+    )
+    p.add_argument(
+        "--restart",
+        choices=["always", "on-failure", "never"],
+        default="on-failure",
+        help="restart the worker when it dies: always, on-failure (default: a non-zero exit or a "
+        "signal; a clean exit ends tb with code 4), never. Records keep queueing while it is down",
+    )
+    p.add_argument(
+        "--max-restarts",
+        type=_positive_int,
+        default=10,
+        help="give up (exit 4) after this many restarts within 60 s (default 10)",
+    )
+    p.add_argument(
         "--shutdown-timeout",
         type=float,
         default=10.0,
@@ -181,6 +208,10 @@ def _run_config(args: argparse.Namespace, worker: list[str]):
         cafile=args.cafile,
         insecure=args.insecure,
         shutdown_timeout=args.shutdown_timeout,
+        restart=args.restart,
+        ping_interval=args.ping_interval,
+        idle_timeout=args.idle_timeout,
+        max_restarts=args.max_restarts,
     )
 
 

@@ -185,6 +185,6 @@ def test_missing_worker_exits_4(tmp_path, replay_factory, captures):
 def test_worker_that_dies_is_reported_and_tb_exits_4(tmp_path, replay_factory, captures):
     replay = replay_factory(str(captures["burst"][0]))
     proc = run_tb(["run", replay.url, "--pipes", "2", "--key", "k", "--workdir", str(tmp_path),
-                   "--", sys.executable, "-c", "import sys; sys.exit(7)"])  # fmt: skip
+                   "--restart", "never", "--", sys.executable, "-c", "import sys; sys.exit(7)"])  # fmt: skip
     assert proc.returncode == 4, proc.stderr
     assert "exited with status 7" in proc.stderr and "Traceback" not in proc.stderr
