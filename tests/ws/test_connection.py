@@ -339,3 +339,21 @@ def test_send_methods_frame_correctly() -> None:
     assert peer.messages == ["h\u00e9".encode(), b"raw", b"\x00\x01"]
     assert (peer.text_messages, peer.binary_messages, peer.pings, peer.pongs) == (2, 1, 1, 1)
     assert peer.data_to_send() == b"\x8a\x01p"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    client=st.booleans(),
+    junk=st.binary(max_size=400),
+    max_message=st.sampled_from([10, 200, 1 << 20]),
+)
+def test_garbage_raises_only_protocol_errors(client: bool, junk: bytes, max_message: int) -> None:
+    conn = Connection(client=client, max_message=max_message)
+    try:
+        used = conn.receive(memoryview(junk))
+    except ProtocolError as exc:
+        assert conn.failure is exc
+        assert conn.state in (State.CLOSING, State.CLOSED)
+        assert close_code_of(conn.data_to_send(), client) in (exc.close_code, conn.close_code)
+    else:
+        assert 0 <= used <= len(junk)

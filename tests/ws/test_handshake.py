@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tb.ws import (
     InvalidHandshake,
@@ -169,3 +171,13 @@ def test_reject_response() -> None:
     assert body == b"only version 13\n"
     assert f"Content-Length: {len(body)}".encode() in head
     assert reject_response(400, "bad").startswith(b"HTTP/1.1 400 Bad Request\r\n")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), st.sampled_from([b"", b"\r\n\r\n"]))
+def test_garbage_handshakes_raise_only_invalid_handshake(junk: bytes, end: bytes) -> None:
+    for parse in (lambda b: parse_client_response(b, KEY), parse_server_request):
+        try:
+            parse(junk + end)
+        except InvalidHandshake:
+            pass
