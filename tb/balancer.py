@@ -28,6 +28,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
+from time import perf_counter
 
 from tb.feed import DISCONNECT_REASONS, AuthFailed, FeedError, Session
 from tb.loop import Loop, choose_loop
@@ -146,6 +147,9 @@ class Balancer:
         self.restart_delay = 0.1
         self.last_rx = 0.0
         self.last_ping = 0.0
+        self.stage = [0.0, 0.0, 0.0, 0.0]  # seconds in recv, frame scan, route, pipe write
+        self.cpu_first = self.cpu_last = 0.0
+        self.t_first = self.t_last = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------------
     def run(self) -> int:
@@ -448,6 +452,8 @@ class Balancer:
     # -- the hot path ---------------------------------------------------------------------------
     def _on_readable(self) -> None:
         view = self.view
+        stage = self.stage
+        t0 = perf_counter()
         try:
             n = self.transport.recv_into(view[self.end :])
         except TransportError as exc:
@@ -460,8 +466,10 @@ class Balancer:
             return
         self.c.recvs += 1
         self.c.bytes_in += n
-        self.last_rx = time.monotonic()
         self.end += n
+        t1 = perf_counter()
+        stage[0] += t1 - t0
+        self.last_rx = time.monotonic()
         if not self.upgraded and not self._upgrade():
             return
         ws = self.ws
@@ -478,6 +486,7 @@ class Balancer:
             self._connection_lost(f"protocol error: {exc}")
             return
         self.start += consumed
+        stage[1] += perf_counter() - t1
         if ws.messages:
             self._route(ws.messages)
         pending = ws.data_to_send()
@@ -501,12 +510,21 @@ class Balancer:
             self._pause_reading()
 
     def _route(self, messages: list) -> None:
+        t0 = perf_counter()
         batch = self.router.route(messages)
         c = self.c
         c.messages += len(messages)
         messages.clear()  # the views into the arena must not outlive this batch
         if batch.routed:
+            if not c.routed:
+                self.cpu_first = time.process_time()
+                self.t_first = time.monotonic()
+            t1 = perf_counter()
+            self.stage[2] += t1 - t0
             self.writer.submit(batch.runs, batch.counts)
+            self.stage[3] += perf_counter() - t1
+            self.cpu_last = time.process_time()
+            self.t_last = time.monotonic()
             for i, k in enumerate(batch.counts):
                 if k:
                     c.per_pipe[i] += k
@@ -605,8 +623,21 @@ class Balancer:
     def summary(self) -> str:
         wall = time.monotonic() - self.t0
         cpu = time.process_time() - self.cpu0
-        per_m = cpu / (self.c.routed / 1e6) if self.c.routed else 0.0
+        # Per million over the streaming span only (first routed batch to the last): start-up,
+        # the handshake and the shutdown wait are not per-trade costs.
+        span_cpu = self.cpu_last - self.cpu_first
+        span = self.t_last - self.t_first
+        per_m = span_cpu / (self.c.routed / 1e6) if self.c.routed else 0.0
+        rate = self.c.routed / span if span > 0 else 0.0
+        w = self.writer
+        syscalls = self.c.recvs + (w.writes if w else 0)
+        recv_s, frames_s, route_s, write_s = self.stage
         return (
             f"tb: final {self.counters_line()} bytes_in={self.c.bytes_in}"
-            f" wall_s={wall:.2f} cpu_s={cpu:.2f} cpu_s_per_million={per_m:.3f}"
+            f" messages={self.c.messages} recvs={self.c.recvs} pipe_writes={w.writes if w else 0}"
+            f" syscalls_per_trade={syscalls / max(1, self.c.routed):.4f}"
+            f" stage_s=recv:{recv_s:.3f},frames:{frames_s:.3f},route:{route_s:.3f},write:{write_s:.3f}"
+            f" stream_s={span:.3f} trades_per_s={rate:.0f}"
+            f" wall_s={wall:.2f} cpu_s={cpu:.2f} stream_cpu_s={span_cpu:.3f}"
+            f" cpu_s_per_million={per_m:.3f}"
         )
