@@ -1,0 +1,98 @@
+"""tb.route: the sans-I/O batch router.
+
+Theory of operation. A batch is a sequence of websocket payloads, each a JSON array of event
+objects. For each of N pipes the router builds ONE contiguous run of records
+``[u32 LE length][the feed's own bytes of one object]``; all events of a symbol land on one pipe,
+in feed order (message by message, object by object). Statuses (``"ev":"status"``) are decoded
+and returned, never routed.
+
+Three layers, one contract:
+- fast rules (tb.route.fast_rules): what may be placed by byte scanning alone -- flat objects, no
+  escapes, the instrument key found as a key with a string value;
+- two implementations of them: pure Python (python_path, per object with bytes.find, cheap per
+  batch) and numpy (numpy_path, whole batch at once, ~fixed cost per batch, cheap per trade);
+  they give byte-identical RouteBatch results (tests/route/test_router_props.py);
+- the slow path (slow): one message at a time by json.loads plus a span tokenizer, for whatever
+  the fast rules refuse; its objects are counted in ``fallback``.
+
+Router.route() picks numpy from ``numpy_min_bytes`` of payload per batch (measured crossover,
+see DEFAULT_NUMPY_MIN_BYTES). Nothing here does I/O; bad data is counted, never raised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .batch import RouteBatch, RouteError, RouteTotals
+from .hashing import HASHES, VECTOR_HASHES
+from .numpy_path import route_numpy
+from .python_path import route_python
+
+__all__ = ["DEFAULT_NUMPY_MIN_BYTES", "RouteBatch", "RouteError", "RouteTotals", "Router"]
+
+# Measured by tools/bench_route.py on the 2-core dev VM (see the comment there for the table).
+DEFAULT_NUMPY_MIN_BYTES = 16 * 1024
+
+# The pipe-number cache is dropped when it grows beyond this many symbols (bounded memory).
+_PIPE_CACHE_MAX = 1 << 17
+
+
+class Router:
+    """Routes batches of payloads onto ``npipes`` pipes by symbol hash.
+
+    Args:
+        npipes: number of pipes (>= 1).
+        hash: "mixed" (default, well spread) or "compat" (the C original's mapping).
+        numpy_min_bytes: batch payload size from which route() takes the numpy path
+            (None: DEFAULT_NUMPY_MIN_BYTES).
+    Raises:
+        RouteError: on a bad argument.
+    """
+
+    def __init__(
+        self, npipes: int, *, hash: str = "mixed", numpy_min_bytes: int | None = None
+    ) -> None:
+        if not isinstance(npipes, int) or isinstance(npipes, bool) or npipes < 1:
+            raise RouteError(f"npipes must be a positive integer, got {npipes!r}")
+        if hash not in HASHES:
+            raise RouteError(f"unknown hash {hash!r}; choose one of {', '.join(sorted(HASHES))}")
+        if numpy_min_bytes is None:
+            numpy_min_bytes = DEFAULT_NUMPY_MIN_BYTES
+        elif not isinstance(numpy_min_bytes, int) or numpy_min_bytes < 0:
+            raise RouteError(f"numpy_min_bytes must be >= 0, got {numpy_min_bytes!r}")
+        self.npipes = npipes
+        self.hash = hash
+        self.numpy_min_bytes = numpy_min_bytes
+        self.totals = RouteTotals(npipes)
+        self._scalar = HASHES[hash]
+        self._vector = VECTOR_HASHES[hash]
+        self._cache: dict[bytes, int] = {}
+
+    def _pipe_of(self, sym: bytes) -> int:
+        pipe = self._cache.get(sym)
+        if pipe is None:
+            if len(self._cache) >= _PIPE_CACHE_MAX:
+                self._cache.clear()
+            pipe = self._cache[sym] = self._scalar(sym, self.npipes)
+        return pipe
+
+    def route(self, payloads: Sequence[bytes | bytearray | memoryview]) -> RouteBatch:
+        """Route one batch, by numpy when it holds >= numpy_min_bytes of payload."""
+        size = 0
+        for p in payloads:
+            size += memoryview(p).nbytes
+        if size >= self.numpy_min_bytes:
+            return self.route_numpy(payloads)
+        return self.route_python(payloads)
+
+    def route_python(self, payloads: Sequence[bytes | bytearray | memoryview]) -> RouteBatch:
+        """Route one batch with the pure-Python path."""
+        batch = route_python(payloads, self.npipes, self._pipe_of)
+        self.totals.add(batch)
+        return batch
+
+    def route_numpy(self, payloads: Sequence[bytes | bytearray | memoryview]) -> RouteBatch:
+        """Route one batch with the numpy path."""
+        batch = route_numpy(payloads, self.npipes, self._pipe_of, self._vector)
+        self.totals.add(batch)
+        return batch

@@ -1,0 +1,26 @@
+"""What the fast scanners may place without decoding -- the one rule both fast paths implement.
+
+A message is placed by a fast path when ALL of these hold; otherwise the whole message goes to
+the slow path (tb.route.slow) and its objects count as ``fallback``:
+
+1. No backslash and no control byte other than tab, newline, carriage return.
+2. At least one ``{``; quotes pair up inside the message, and no ``{``/``}`` lies inside a string.
+3. Braces alternate ``{ } { } ...`` (flat objects), and the bytes around them are exactly
+   ``ws [ ws OBJ (ws , ws OBJ)* ws ] ws`` (ws = space, tab, newline, carriage return).
+4. In each object, a string token whose content is ``sym`` or ``pair`` is a key with a string
+   value: followed by ``ws : ws "``. Each of ``sym``, ``pair``, ``ev`` occurs at most once as such
+   a key (and ``p`` too in a forex quote, ev "C"). Other ``ev``/``p`` tokens are ignored.
+5. The routed symbol is at most MAX_FAST_SYMBOL bytes (the numpy path's row width).
+6. A status object (``"ev":"status"``) decodes with json.loads.
+
+Placement: ev "status" -> statuses; else the value of ``sym``, else ``pair``, else (ev "C") ``p``
+is hashed as raw bytes; no such key -> no_symbol. Without escapes, raw bytes == the decoded
+string's UTF-8, so this agrees with the slow path (tests/route/test_router_props.py pins it).
+"""
+
+from __future__ import annotations
+
+__all__ = ["MAX_FAST_SYMBOL", "WS"]
+
+MAX_FAST_SYMBOL = 32
+WS = b" \t\n\r"

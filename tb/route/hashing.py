@@ -1,0 +1,121 @@
+"""Symbol -> pipe hashing, scalar and vectorized.
+
+Both mappings start from FNV-1a-64 of the symbol's bytes (offset 0xcbf29ce484222325, prime
+0x100000001b3, xor then multiply, per byte):
+
+- ``compat``: ``((fnv1a64(sym) >> 32) & 0xffffffff) % npipes`` -- the C original's mapping, bit for
+  bit. Its high bits barely move for short keys (the prime is 2^40 + 0x1b3), so 1-2 letter tickers
+  pile up on one pipe.
+- ``mixed`` (default): fnv1a64, then murmur3's fmix64 finalizer, then ``% npipes``.
+
+The numpy versions hash many symbols at once from zero-padded fixed-width rows. A zero padding byte
+only multiplies the running hash by the prime (xor with 0 is a no-op), so the padded hash equals
+``fnv1a64(sym) * PRIME**pad`` mod 2^64 and is corrected by multiplying with ``PRIME_INV**pad``
+(the prime is odd, hence invertible mod 2^64). tests/route/test_hashing.py pins scalar == vector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+__all__ = [
+    "FNV_OFFSET",
+    "FNV_PRIME",
+    "FNV_PRIME_INV",
+    "HASHES",
+    "VECTOR_HASHES",
+    "fmix64",
+    "fnv1a64",
+    "fnv1a64_rows",
+    "pipe_compat",
+    "pipe_mixed",
+    "pipes_compat",
+    "pipes_mixed",
+]
+
+MASK64 = 0xFFFFFFFFFFFFFFFF
+FNV_OFFSET = 0xCBF29CE484222325
+FNV_PRIME = 0x100000001B3
+FNV_PRIME_INV = pow(FNV_PRIME, -1, 1 << 64)
+
+
+def fnv1a64(data: bytes) -> int:
+    """FNV-1a-64 of ``data``."""
+    h = FNV_OFFSET
+    for byte in data:
+        h = ((h ^ byte) * FNV_PRIME) & MASK64
+    return h
+
+
+def fmix64(k: int) -> int:
+    """murmur3's 64-bit finalizer: every input bit affects every output bit."""
+    k ^= k >> 33
+    k = (k * 0xFF51AFD7ED558CCD) & MASK64
+    k ^= k >> 33
+    k = (k * 0xC4CEB9FE1A85EC53) & MASK64
+    k ^= k >> 33
+    return k
+
+
+def pipe_compat(sym: bytes, npipes: int) -> int:
+    """The C original's pipe for ``sym``: high 32 bits of FNV-1a-64, mod ``npipes``."""
+    return ((fnv1a64(sym) >> 32) & 0xFFFFFFFF) % npipes
+
+
+def pipe_mixed(sym: bytes, npipes: int) -> int:
+    """A well-mixed pipe for ``sym``: fmix64(FNV-1a-64), mod ``npipes``."""
+    return fmix64(fnv1a64(sym)) % npipes
+
+
+HASHES: dict[str, Callable[[bytes, int], int]] = {"mixed": pipe_mixed, "compat": pipe_compat}
+
+_U64 = np.uint64
+_PRIME = _U64(FNV_PRIME)
+# _INV_POW[k] = PRIME_INV**k mod 2^64: undoes k zero padding bytes (test_hashing pins it).
+_INV_POW = np.array([pow(FNV_PRIME_INV, k, 1 << 64) for k in range(257)], dtype=np.uint64)
+
+
+def fnv1a64_rows(rows: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """FNV-1a-64 of each row's first ``lengths[i]`` bytes.
+
+    ``rows`` is a (n, width) uint8 array whose bytes at and beyond each row's length are ZERO;
+    ``lengths`` holds integers in 0..width (width <= 256). Returns a uint64 array of n hashes.
+    """
+    n, width = rows.shape
+    if width > 256:
+        raise ValueError("row width above 256")
+    h = np.full(n, FNV_OFFSET, dtype=np.uint64)
+    for col in range(width):
+        # uint64 multiply wraps mod 2^64, exactly like the C original's arithmetic.
+        h ^= rows[:, col]
+        h *= _PRIME
+    # Undo the padding: each zero byte only multiplied by the prime (see module docstring).
+    h *= _INV_POW[width - lengths]
+    return h
+
+
+def _fmix64_vec(k: np.ndarray) -> np.ndarray:
+    k = k ^ (k >> _U64(33))
+    k *= _U64(0xFF51AFD7ED558CCD)
+    k ^= k >> _U64(33)
+    k *= _U64(0xC4CEB9FE1A85EC53)
+    k ^= k >> _U64(33)
+    return k
+
+
+def pipes_compat(hashes: np.ndarray, npipes: int) -> np.ndarray:
+    """Vector ``pipe_compat`` from FNV-1a-64 hashes (uint64) -> int64 pipe numbers."""
+    return ((hashes >> _U64(32)) % _U64(npipes)).astype(np.int64)
+
+
+def pipes_mixed(hashes: np.ndarray, npipes: int) -> np.ndarray:
+    """Vector ``pipe_mixed`` from FNV-1a-64 hashes (uint64) -> int64 pipe numbers."""
+    return (_fmix64_vec(hashes) % _U64(npipes)).astype(np.int64)
+
+
+VECTOR_HASHES: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
+    "mixed": pipes_mixed,
+    "compat": pipes_compat,
+}
