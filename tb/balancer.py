@@ -363,7 +363,11 @@ class Balancer:
                 f"nothing received for {now - self.last_rx:.0f} s: the peer is gone"
             )
             return
-        if cfg.ping_interval and now - self.last_ping >= cfg.ping_interval:
+        if (
+            cfg.ping_interval
+            and now - self.last_ping >= cfg.ping_interval
+            and self.ws.state is State.OPEN
+        ):
             self.last_ping = now
             self.ws.send_ping(b"tb")
             self._send(self.ws.data_to_send())
@@ -554,8 +558,9 @@ class Balancer:
             except FeedError as exc:
                 self._connection_lost(f"{exc}")
                 return
-        for message in session.outgoing:
-            self.ws.send_text(message)
+        if self.ws.state is State.OPEN:
+            for message in session.outgoing:
+                self.ws.send_text(message)
         session.outgoing.clear()
         if session.streaming and not was_streaming:
             if self.down_since is not None:

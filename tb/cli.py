@@ -148,6 +148,13 @@ def add_run_arguments(p: argparse.ArgumentParser, *, positional: bool = True) ->
         help="give up (exit 4) after this many restarts within 60 s (default 10)",
     )
     p.add_argument(
+        "--tls",
+        choices=["auto", "ktls", "userspace"],
+        default="auto",
+        help="TLS for wss://: kernel TLS when the kernel and cipher allow, else userspace (auto, "
+        "the default; one log line says which and why), or force one (ktls fails if unavailable)",
+    )
+    p.add_argument(
         "--shutdown-timeout",
         type=float,
         default=10.0,

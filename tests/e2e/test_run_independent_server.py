@@ -12,7 +12,7 @@ import sys
 import threading
 
 import pytest
-from conftest import VERIFY_WORKER, check_delivery, read_log, run_tb
+from harness import VERIFY_WORKER, check_delivery, read_log, run_tb
 
 websockets_sync = pytest.importorskip("websockets.sync.server")
 
@@ -201,7 +201,7 @@ def test_garbage_frame_closes_1002_and_keeps_what_came_before(tmp_path):
 def test_non_json_payload_is_counted_and_the_rest_is_delivered(tmp_path):
     good = [json.dumps([trade("AAPL", 1)]), json.dumps([trade("MSFT", 2), trade("AAPL", 3)])]
     script = [_frame(good[0].encode()), _frame(b"this is not json {"), _frame(good[1].encode()),
-              _frame(b'[{"ev":"T","sym":"NVDA","i":"4","q":4},'), _frame(b"\x88\x02\x03\xe8")]  # fmt: skip
+              _frame(b'[{"ev":"T","sym":"NVDA","i":"4","q":4},'), b"\x88\x02\x03\xe8"]  # fmt: skip
     feed = RawFeed(script)
     log = tmp_path / "log.jsonl"
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 import pytest
-from conftest import VERIFY_WORKER, check_delivery, expected_events, read_log, run_tb
+from harness import VERIFY_WORKER, check_delivery, expected_events, read_log, run_tb
 
 from tb.capture import read_capture
 
