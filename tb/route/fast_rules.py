@@ -3,7 +3,8 @@
 A message is placed by a fast path when ALL of these hold; otherwise the whole message goes to
 the slow path (tb.route.slow) and its objects count as ``fallback``:
 
-1. No backslash and no control byte other than tab, newline, carriage return.
+1. No backslash, no control byte other than tab, newline, carriage return, and no byte >= 0x80
+   (so whatever is routed fast is ASCII, hence valid UTF-8; unicode takes the slow path).
 2. At least one ``{``; quotes pair up inside the message, and no ``{``/``}`` lies inside a string.
 3. Braces alternate ``{ } { } ...`` (flat objects), and the bytes around them are exactly
    ``ws [ ws OBJ (ws , ws OBJ)* ws ] ws`` (ws = space, tab, newline, carriage return).
@@ -16,6 +17,9 @@ the slow path (tb.route.slow) and its objects count as ``fallback``:
 Placement: ev "status" -> statuses; else the value of ``sym``, else ``pair``, else (ev "C") ``p``
 is hashed as raw bytes; no such key -> no_symbol. Without escapes, raw bytes == the decoded
 string's UTF-8, so this agrees with the slow path (tests/route/test_router_props.py pins it).
+
+Not checked (a documented limit, pinned by test_router.py): the grammar between the tokens of a
+flat object, e.g. a missing or trailing comma. Such an object is passed on as the feed sent it.
 """
 
 from __future__ import annotations

@@ -76,13 +76,14 @@ def _check_messages(body, mstart, mend):
     special |= body == 123
     special |= body == 125
     special |= body < 32
+    special |= body >= 128
     pos = np.flatnonzero(special)
     val = body[pos]
     bounds = np.searchsorted(pos, np.append(mstart, len(body)))
     msg_of = np.repeat(np.arange(nmsg), np.diff(bounds))
     is_q = val == 34
     is_brace = (val == 123) | (val == 125)
-    bad_byte = (val == 92) | ((val < 32) & (val != 9) & (val != 10) & (val != 13))
+    bad_byte = (val == 92) | (val >= 128) | ((val < 32) & (val != 9) & (val != 10) & (val != 13))
     bad = np.zeros(nmsg, dtype=bool)
     bad[msg_of[bad_byte]] = True
     q_before = np.concatenate(([0], np.cumsum(is_q)))  # quotes among specials before index i

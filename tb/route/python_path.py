@@ -23,8 +23,8 @@ _OBJ = rb'\{[^{}"]*+(?:"[^"{}]*+"[^{}"]*+)*+\}'
 _STRUCTURE = re.compile(
     _WS + rb"\[" + _WS + _OBJ + rb"(?:" + _WS + b"," + _WS + _OBJ + rb")*+" + _WS + rb"\]" + _WS
 )
-# Rule 1: a backslash or a control byte other than tab/newline/CR anywhere.
-_BAD_BYTE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\\]")
+# Rule 1: a backslash, a control byte other than tab/newline/CR, or a non-ASCII byte.
+_BAD_BYTE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\\\x80-\xff]")
 # Rule 4: after a key token, ws : ws and the value's opening quote.
 _TO_VALUE = re.compile(_WS + b":" + _WS + b'"')
 _LEN = struct.Struct("<I").pack
