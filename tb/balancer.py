@@ -187,13 +187,7 @@ class Balancer:
         writer, worker = self.writer, self.worker
         flushed = True
         if worker.poll() is None and writer.queued_bytes:
-            flushed = writer.flush(self.cfg.shutdown_timeout)
-            if not flushed:
-                log.error(
-                    "pipes not drained after %.0f s: %d records still queued",
-                    self.cfg.shutdown_timeout,
-                    writer.queued_records,
-                )
+            flushed = self._flush_while_progressing()
         writer.close()
         # The worker sees EOF on every pipe once the write ends are closed.
         rc = worker.wait(self.cfg.shutdown_timeout)
@@ -217,6 +211,35 @@ class Balancer:
         if self.exit_code == EXIT_OK and not flushed:
             self.exit_code = EXIT_ERROR
         return self.exit_code
+
+    def _flush_while_progressing(self) -> bool:
+        """Write out every queued record; give up only if the worker takes nothing for
+        --shutdown-timeout seconds (a slow worker that keeps reading is waited for)."""
+        writer, worker = self.writer, self.worker
+        log.info("flushing %d queued records to the worker", writer.queued_records)
+        stalled = 0.0
+        while writer.queued_bytes and worker.poll() is None:
+            before = sum(writer.written_bytes)
+            t = time.monotonic()
+            if writer.flush(min(1.0, self.cfg.shutdown_timeout)):
+                return True
+            if sum(writer.written_bytes) != before:
+                stalled = 0.0
+            else:
+                stalled += time.monotonic() - t
+                if stalled >= self.cfg.shutdown_timeout:
+                    break
+        if not writer.queued_bytes:
+            return True
+        log.error(
+            "the worker %s: %d records (%d bytes) could not be written",
+            f"took nothing for {self.cfg.shutdown_timeout:.0f} s"
+            if worker.poll() is None
+            else "exited",
+            writer.queued_records,
+            writer.queued_bytes,
+        )
+        return False
 
     def stop(self, code: int) -> None:
         """End the run with `code` (the first reason wins)."""
