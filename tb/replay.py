@@ -1,0 +1,797 @@
+"""`tb replay`: a websocket server that speaks the feed's handshake and serves a capture.
+
+Theory of operation. At start-up every message of the capture (or of a `tb gen` feed made in
+memory) is encoded once into ONE bytes buffer of unmasked TEXT frames; ``_Stream.ends[k]`` is
+the offset just past frame k and ``_Stream.trades[k]`` the trades in frames 0..k. Each client
+then gets its own thread running a small loop over a nonblocking socket:
+
+    upgrade -> greeting -> wait auth -> auth_success -> wait subscribe -> one ack per topic
+            -> stream the buffer (`repeat` times) -> idle (pings/close answered) until it leaves
+
+Streaming is plain ``send(memoryview slice)`` of up to ``CHUNK`` bytes, cut at frame
+boundaries, so the per-byte cost is the kernel's copy. Control bytes (pongs, acks of a later
+subscribe, our close) go out only at a frame boundary: when one is queued the current slice is
+shortened to the end of the frame in flight. ``--rate`` paces by trades: about every
+millisecond the loop sends the frames whose cumulative trade count is due by then.
+
+Client input is handled by tb.ws (frames) and here (the JSON actions). Anything unexpected is
+logged as one line naming the peer and ends that connection with a close frame (1002 for a
+websocket protocol error, 1008 for a bad or unknown action); the server keeps serving others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import selectors
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from tb.capture import CaptureError, read_capture
+from tb.ws import (
+    Connection,
+    InvalidHandshake,
+    Opcode,
+    ProtocolError,
+    State,
+    encode_frame,
+    parse_server_request,
+    reject_response,
+    server_response,
+)
+
+log = logging.getLogger("tb.replay")
+
+CHUNK = 1 << 20  # bytes per send() while streaming unpaced
+PACE_SLICE_S = 0.001
+AUTH_TIMEOUT_S = 30.0
+CLOSE_TIMEOUT_S = 5.0  # how long to wait for the peer's close reply
+RECV_SIZE = 65536
+
+GREETING = b'[{"ev":"status","status":"connected","message":"Connected Successfully"}]'
+AUTH_SUCCESS = b'[{"ev":"status","status":"auth_success","message":"authenticated"}]'
+AUTH_FAILED = b'[{"ev":"status","status":"auth_failed","message":"authentication failed"}]'
+AUTH_TIMEOUT = b'[{"ev":"status","status":"auth_timeout","message":"no valid auth received"}]'
+MAX_CONNECTIONS = (
+    b'[{"ev":"status","status":"max_connections","message":'
+    b'"Maximum number of websocket connections exceeded."}]'
+)
+
+
+def _status(status: str, message: str) -> bytes:
+    return json.dumps(
+        [{"ev": "status", "status": status, "message": message}], separators=(",", ":")
+    ).encode()
+
+
+def count_trades(payload: bytes) -> int:
+    """Non-status events in one message. Counts ``"ev"`` keys; decodes only if a status is there."""
+    n = payload.count(b'"ev"')
+    if n and b'"status"' in payload:
+        try:
+            value = json.loads(payload)
+        except ValueError:
+            return n
+        if isinstance(value, dict):
+            value = [value]
+        if isinstance(value, list):
+            return sum(1 for v in value if isinstance(v, dict) and v.get("ev") != "status")
+    return n
+
+
+class _Stream:
+    """Every message pre-encoded as server TEXT frames in one buffer, with frame/trade offsets."""
+
+    def __init__(self, payloads: Iterable[bytes]) -> None:
+        frames: list[bytes] = []
+        ends: list[int] = []
+        trades: list[int] = []
+        offset = total = 0
+        for payload in payloads:
+            frame = encode_frame(Opcode.TEXT, payload, mask=False)
+            frames.append(frame)
+            offset += len(frame)
+            total += count_trades(payload)
+            ends.append(offset)
+            trades.append(total)
+        self.buffer = b"".join(frames)
+        self.view = memoryview(self.buffer)
+        self.ends = np.array(ends, dtype=np.int64)
+        self.trades = np.array(trades, dtype=np.int64)
+        self.messages = len(ends)
+        self.total_trades = total
+        self.payload_bytes = offset  # frame bytes, headers included
+
+    def boundary_at_or_after(self, pos: int) -> int:
+        """Index of the frame that ends at or after byte ``pos``."""
+        return int(np.searchsorted(self.ends, pos, side="left"))
+
+
+@dataclass(slots=True)
+class _Tally:
+    trades: int = 0
+    messages: int = 0
+    bytes: int = 0
+
+
+class ReplayServer:
+    """Serve ``payloads`` (websocket message payloads) to every client that connects.
+
+    Args:
+        payloads: the messages, in order (encoded once, at construction).
+        host, port: where to listen; port 0 picks a free one (see ``.port`` after start()).
+        rate: trades per second per connection, or None for as fast as the socket takes them.
+        key: if set, the API key a client must send; None accepts any key.
+        close_after: close with 1000 "replay finished" once everything was sent.
+        repeat: serve the capture this many times back to back on each connection.
+        max_connections: refuse (status max_connections, close 1008) beyond this many at once.
+
+    ``connections`` counts accepted connections, ``finished`` those whose thread has ended,
+    ``completed`` those that received the whole stream, ``trades_sent`` trades sent in total.
+    """
+
+    def __init__(
+        self,
+        payloads: Iterable[bytes],
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        rate: float | None = None,
+        key: str | None = None,
+        close_after: bool = False,
+        repeat: int = 1,
+        max_connections: int | None = None,
+    ) -> None:
+        if rate is not None and rate <= 0:
+            raise ValueError("rate must be positive")
+        if repeat < 1:
+            raise ValueError("repeat must be at least 1")
+        self.stream = _Stream(payloads)
+        self.host = host
+        self.port = port
+        self.rate = rate
+        self.key = key
+        self.close_after = close_after
+        self.repeat = repeat
+        self.max_connections = max_connections
+        self.connections = 0
+        self.finished = 0
+        self.completed = 0
+        self.trades_sent = 0
+        self._lock = threading.Lock()
+        self._active = 0
+        self._stopping = threading.Event()
+        self._listener: socket.socket | None = None
+        self._accept_thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self.changed = threading.Condition(self._lock)  # notified when a connection ends
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"ws://{host}:{self.port}"
+
+    def start(self) -> None:
+        """Bind, listen and accept in a background thread. Raises OSError if it cannot bind."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self.port))
+            sock.listen(128)
+        except OSError:
+            sock.close()
+            raise
+        sock.settimeout(0.1)
+        self.port = sock.getsockname()[1]
+        self._listener = sock
+        self._accept_thread = threading.Thread(target=self._accept_loop, name="replay-accept")
+        self._accept_thread.daemon = True
+        self._accept_thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop accepting, drop every connection, and wait for the threads (up to ``timeout``)."""
+        self._stopping.set()
+        if self._accept_thread is not None:
+            self._accept_thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for t in list(self._threads):
+            t.join(max(0.0, deadline - time.monotonic()))
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
+    def wait_finished(self, count: int, timeout: float | None = None) -> bool:
+        """Block until ``count`` connections have ended; False on timeout."""
+        with self.changed:
+            return self.changed.wait_for(lambda: self.finished >= count, timeout)
+
+    def __enter__(self) -> ReplayServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        while not self._stopping.is_set():
+            try:
+                sock, peer = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                if not self._stopping.is_set():
+                    log.error("accept failed: %s", exc)
+                    time.sleep(0.1)
+                continue
+            name = _peer_name(peer)
+            with self._lock:
+                self.connections += 1
+                over = self.max_connections is not None and self._active >= self.max_connections
+                self._active += 1
+            session = _Session(self, sock, name, refuse=over)
+            t = threading.Thread(target=session.run, name=f"replay {name}", daemon=True)
+            self._threads = [x for x in self._threads if x.is_alive()]
+            self._threads.append(t)
+            t.start()
+
+    def _session_ended(self, completed: bool) -> None:
+        with self.changed:
+            self._active -= 1
+            self.finished += 1
+            self.completed += completed
+            self.changed.notify_all()
+
+    def _count(self, trades: int) -> None:
+        with self._lock:
+            self.trades_sent += trades
+
+
+def _peer_name(peer: tuple) -> str:
+    host, port = peer[0], peer[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# Session phases, in order.
+HANDSHAKE, AUTH, SUBSCRIBE, STREAMING, IDLE, CLOSING = range(6)
+
+
+class _ClientError(Exception):
+    """The client broke the protocol before there was a websocket to close."""
+
+
+class _Session:
+    """One client connection: handshake, feed protocol, streaming. Runs in its own thread."""
+
+    def __init__(self, server: ReplayServer, sock: socket.socket, peer: str, refuse: bool) -> None:
+        self.server = server
+        self.stream = server.stream
+        self.sock = sock
+        self.peer = peer
+        self.refuse = refuse
+        self.conn = Connection(client=False)
+        self.phase = HANDSHAKE
+        self.inbuf = bytearray()
+        self.ctrl = bytearray()  # control bytes to send at the next frame boundary
+        self.pos = 0  # byte position in the stream buffer (current pass)
+        self.chunk_end = 0  # end of the slice being sent; always a frame boundary
+        self.chunk_frame = -1  # index of the frame ending at chunk_end
+        self.frames_done = 0  # frames fully sent in the current pass
+        self.pass_no = 0
+        self.tally = _Tally()
+        self.started = 0.0
+        self.deadline: float | None = None  # auth timeout / close timeout
+        self.completed = False
+        self.peer_gone = False
+        self.drop_after_flush = False  # a failed connection: send the close frame, then drop
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except _ClientError as exc:
+            log.warning("%s: %s; dropping", self.peer, exc)
+        except (ConnectionError, TimeoutError) as exc:
+            log.info("%s: connection lost: %s", self.peer, exc.strerror or exc)
+        except OSError as exc:
+            log.warning("%s: socket error: %s", self.peer, exc)
+        except Exception:  # a bug here must not take the server down
+            log.exception("%s: internal error", self.peer)
+        finally:
+            if self.phase >= STREAMING and not self.completed:
+                log.info(
+                    "%s left after %d of %d trades (%d messages, %d bytes)",
+                    self.peer,
+                    self.tally.trades,
+                    self.stream.total_trades * self.server.repeat,
+                    self.tally.messages,
+                    self.tally.bytes,
+                )
+            self.sock.close()
+            self.server._session_ended(self.completed)
+
+    def _run(self) -> None:
+        sock = self.sock
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sel = selectors.DefaultSelector()
+        sel.register(sock, selectors.EVENT_READ)
+        mask = selectors.EVENT_READ
+        stopping = self.server._stopping
+        self.deadline = time.monotonic() + AUTH_TIMEOUT_S
+        try:
+            while not stopping.is_set():
+                wait = self._next_wait()
+                want = selectors.EVENT_READ | (selectors.EVENT_WRITE if wait == 0.0 else 0)
+                if want != mask:
+                    sel.modify(sock, want)
+                    mask = want
+                events = sel.select(wait if wait else 0.1)
+                for _, ev in events:
+                    if ev & selectors.EVENT_READ and not self._on_readable():
+                        return
+                if mask & selectors.EVENT_WRITE:
+                    self._on_writable()
+                if self._finished():
+                    return
+                self._check_deadline()
+        finally:
+            sel.close()
+
+    def _next_wait(self) -> float | None:
+        """0.0 if there is something to send now, seconds until paced data is due, else None."""
+        if self.ctrl or self.pos < self.chunk_end:
+            return 0.0
+        if self.phase != STREAMING:
+            return None
+        if self.server.rate is None:
+            return 0.0
+        due = self._trades_due()
+        if self.stream.trades[self.frames_done] <= due:
+            return 0.0
+        return PACE_SLICE_S
+
+    def _finished(self) -> bool:
+        if self.peer_gone:
+            return True
+        if self.drop_after_flush and not self.ctrl:
+            return True
+        # After a close (ours or theirs) has been flushed: done once the handshake completes.
+        if self.phase == CLOSING and not self.ctrl and self.conn.state is State.CLOSED:
+            return True
+        return False
+
+    def _check_deadline(self) -> None:
+        if self.deadline is None or time.monotonic() < self.deadline:
+            return
+        if self.phase in (HANDSHAKE, AUTH):
+            self.deadline = None
+            if self.phase == HANDSHAKE:
+                raise _ClientError(f"no upgrade request in {AUTH_TIMEOUT_S:.0f} s")
+            self._send_text(AUTH_TIMEOUT)
+            self._close(1008, "auth timeout")
+            log.warning("%s: no auth message in %.0f s; closing", self.peer, AUTH_TIMEOUT_S)
+        elif self.phase == CLOSING:
+            log.info("%s: no close reply in %.0f s; dropping", self.peer, CLOSE_TIMEOUT_S)
+            self.peer_gone = True
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _on_readable(self) -> bool:
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            return True
+        if not data:
+            if self.phase != CLOSING:
+                log.info("%s: disconnected", self.peer)
+            self.peer_gone = True
+            return False
+        if self.drop_after_flush or self.conn.state is State.CLOSED:
+            return True  # nothing more to read from a failed or closed connection
+        self.inbuf += data
+        if self.phase == HANDSHAKE and not self._handshake():
+            return True
+        if self.peer_gone:
+            return False
+        try:
+            # A copy: client input is a few small frames, and a view would pin inbuf's size.
+            consumed = self.conn.receive(memoryview(bytes(self.inbuf)))
+        except ProtocolError as exc:
+            log.warning("%s: websocket error: %s; closing with %d", self.peer, exc, exc.close_code)
+            self.inbuf.clear()
+            self.ctrl += self.conn.data_to_send()
+            self._shrink_chunk()
+            self.phase = CLOSING
+            self.drop_after_flush = True
+            return True
+        messages = [bytes(m) for m in self.conn.messages]
+        self.conn.messages.clear()
+        del self.inbuf[:consumed]
+        for message in messages:
+            if self.phase == CLOSING:
+                break
+            self._on_message(message)
+        out = self.conn.data_to_send()
+        if out:
+            self.ctrl += out
+            self._shrink_chunk()
+        if self.conn.state is State.CLOSED and self.phase != CLOSING:
+            log.info("%s: client closed (%s)", self.peer, self.conn.close_code)
+            self.phase = CLOSING
+            self.deadline = time.monotonic() + CLOSE_TIMEOUT_S
+        return True
+
+    def _handshake(self) -> bool:
+        try:
+            consumed, request = parse_server_request(self.inbuf)
+        except InvalidHandshake as exc:
+            status = exc.status or 400
+            log.warning("%s: bad upgrade request: %s; answered %d", self.peer, exc, status)
+            self.ctrl += reject_response(status, str(exc))
+            self.drop_after_flush = True
+            self.inbuf.clear()
+            return False
+        if request is None:
+            return False
+        del self.inbuf[:consumed]
+        self.ctrl += server_response(request)
+        if self.refuse:
+            self._send_text(MAX_CONNECTIONS)
+            self._close(1008, "max connections")
+            log.warning(
+                "%s: refused: already %d connections", self.peer, self.server.max_connections
+            )
+            return True
+        log.info("%s: connected (GET %s)", self.peer, request.path)
+        self._send_text(GREETING)
+        self.phase = AUTH
+        return True
+
+    def _on_message(self, message: bytes) -> None:
+        try:
+            value = json.loads(message)
+        except ValueError:
+            self._reject(f"message is not JSON: {message[:80]!r}")
+            return
+        if not isinstance(value, dict) or not isinstance(value.get("action"), str):
+            self._reject(f"message has no action: {message[:80]!r}")
+            return
+        action, params = value["action"], value.get("params")
+        if action == "auth":
+            self._on_auth(params)
+        elif action in ("subscribe", "unsubscribe"):
+            self._on_subscribe(action, params)
+        else:
+            self._reject(f"unknown action {action[:40]!r}")
+
+    def _on_auth(self, params: object) -> None:
+        if self.phase != AUTH:
+            self._send_text(_status("success", "already authenticated"))
+            return
+        key = self.server.key
+        if key is not None and params != key:
+            self._send_text(AUTH_FAILED)
+            self._close(1008, "authentication failed")
+            log.warning("%s: auth failed (wrong key)", self.peer)
+            return
+        self._send_text(AUTH_SUCCESS)
+        self.phase = SUBSCRIBE
+        self.deadline = None
+
+    def _on_subscribe(self, action: str, params: object) -> None:
+        if self.phase == AUTH:
+            self._reject(f"{action} before auth")
+            return
+        if not isinstance(params, str) or not params.strip(","):
+            self._reject(f'{action} needs params like "T.*", got {params!r:.60}')
+            return
+        verb = "subscribed to" if action == "subscribe" else "unsubscribed from"
+        for topic in params.split(","):
+            topic = topic.strip()
+            if topic:
+                self._send_text(_status("success", f"{verb}: {topic}"))
+        if action == "subscribe" and self.phase == SUBSCRIBE:
+            self._start_stream(params)
+
+    def _reject(self, why: str) -> None:
+        log.warning("%s: %s; closing with 1008", self.peer, why)
+        self._close(1008, "bad message")
+
+    # -- writing -------------------------------------------------------------------------
+
+    def _send_text(self, payload: bytes) -> None:
+        if self.conn.state is not State.OPEN:
+            return  # a close frame is already queued: nothing may follow it
+        self.conn.send_text(payload)
+        self.ctrl += self.conn.data_to_send()
+        self._shrink_chunk()
+
+    def _close(self, code: int, reason: str) -> None:
+        self.conn.send_close(code, reason)
+        self.ctrl += self.conn.data_to_send()
+        self._shrink_chunk()
+        self.phase = CLOSING
+        self.deadline = time.monotonic() + CLOSE_TIMEOUT_S
+
+    def _shrink_chunk(self) -> None:
+        """Control bytes are waiting: end the slice in flight at the end of the current frame."""
+        if self.pos < self.chunk_end:
+            k = self.stream.boundary_at_or_after(self.pos)
+            end = int(self.stream.ends[k])
+            if end < self.chunk_end:
+                self.chunk_end = end
+                self.chunk_frame = k
+                if end == self.pos:  # the last send stopped exactly at a frame end
+                    self._chunk_sent()
+
+    def _start_stream(self, params: str) -> None:
+        self.phase = STREAMING
+        self.started = time.monotonic()
+        log.info("%s: subscribed to %s; streaming", self.peer, params)
+        if self.stream.messages == 0:
+            self._stream_done()
+
+    def _trades_due(self) -> float:
+        rate = self.server.rate
+        assert rate is not None
+        return rate * (time.monotonic() - self.started) - self.pass_no * self.stream.total_trades
+
+    def _next_chunk(self) -> None:
+        """Pick the next slice [pos, chunk_end) at frame boundaries (paced or not)."""
+        s = self.stream
+        first = self.frames_done
+        if self.server.rate is None:
+            last = int(np.searchsorted(s.ends, self.pos + CHUNK, side="right")) - 1
+        else:
+            last = int(np.searchsorted(s.trades, self._trades_due(), side="right")) - 1
+            cap = int(np.searchsorted(s.ends, self.pos + CHUNK, side="right")) - 1
+            last = min(last, cap)
+        last = max(last, first)  # at least one frame (a frame larger than CHUNK, or paced due)
+        self.chunk_frame = last
+        self.chunk_end = int(s.ends[last])
+
+    def _on_writable(self) -> None:
+        while True:
+            if self.pos < self.chunk_end:  # finish the slice in flight, whatever the phase
+                n = self._send(self.stream.view[self.pos : self.chunk_end])
+                self.pos += n
+                if self.pos < self.chunk_end:
+                    return  # socket full
+                self._chunk_sent()
+                if self.server.rate is not None and not self.ctrl:
+                    return  # paced: one slice per wake-up
+                continue
+            if self.ctrl:  # at a frame boundary: control bytes may go
+                n = self._send(self.ctrl)
+                del self.ctrl[:n]
+                if self.ctrl:
+                    return
+                continue
+            if self.phase != STREAMING or self._next_wait() != 0.0:
+                return
+            self._next_chunk()
+
+    def _chunk_sent(self) -> None:
+        s = self.stream
+        first = self.frames_done
+        last = self.chunk_frame
+        trades = int(s.trades[last]) - (int(s.trades[first - 1]) if first else 0)
+        self.tally.trades += trades
+        self.tally.messages += last + 1 - first
+        self.tally.bytes += int(s.ends[last]) - (int(s.ends[first - 1]) if first else 0)
+        self.server._count(trades)
+        self.frames_done = last + 1
+        if self.frames_done == s.messages and self.phase == STREAMING:
+            self.pass_no += 1
+            if self.pass_no < self.server.repeat:
+                self.pos = self.chunk_end = self.frames_done = 0
+                self.chunk_frame = -1
+            else:
+                self._stream_done()
+
+    def _stream_done(self) -> None:
+        elapsed = time.monotonic() - self.started
+        log.info(
+            "sent %d trades in %d messages (%d bytes) in %.3f s to %s",
+            self.tally.trades,
+            self.tally.messages,
+            self.tally.bytes,
+            elapsed,
+            self.peer,
+        )
+        self.completed = True
+        self.phase = IDLE
+        if self.server.close_after:
+            self._close(1000, "replay finished")
+
+    def _send(self, data: bytes | bytearray | memoryview) -> int:
+        try:
+            return self.sock.send(data)
+        except BlockingIOError:
+            return 0
+
+
+# --- CLI --------------------------------------------------------------------------------------
+
+
+def _listen_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    host = host.strip("[]")
+    try:
+        number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port is not a number: {text!r}") from None
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range: {text!r}")
+    return host, number
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register `tb replay` on a subparsers object."""
+    from tb.gen import PROFILES
+
+    p = subparsers.add_parser(
+        "replay",
+        help="serve a capture (or a synthetic feed) over websocket, like the real feed",
+        description=(
+            "Serve a capture file over ws:// with the feed's handshake: greeting, "
+            '{"action":"auth"} -> auth_success (or auth_failed with --key), '
+            '{"action":"subscribe"} -> one success per topic, then every message of the '
+            "capture, as fast as the client reads (or --rate). Each connection gets the whole "
+            "capture from the start; the connection then stays open until the client leaves. "
+            "Without FILE a synthetic feed is generated in memory (tb gen). Prints "
+            "'listening on ws://HOST:PORT' when ready."
+        ),
+        epilog=(
+            "exit codes: 0 stopped (SIGINT/SIGTERM, or --once after the client), "
+            "1 cannot listen, 2 bad command line or unreadable capture"
+        ),
+    )
+    p.add_argument(
+        "file", nargs="?", metavar="FILE", help="capture to serve (TBCAP1 or JSON lines)"
+    )
+    p.add_argument(
+        "--listen",
+        type=_listen_address,
+        default=("127.0.0.1", 8765),
+        metavar="HOST:PORT",
+        help="address to listen on (default 127.0.0.1:8765; port 0 picks a free one)",
+    )
+    p.add_argument(
+        "--rate",
+        type=_positive_float,
+        metavar="TRADES_PER_S",
+        help="pace each connection to this many trades per second (default: unpaced)",
+    )
+    p.add_argument("--key", help="accept only this API key (default: any key)")
+    p.add_argument(
+        "--close-after",
+        action="store_true",
+        help='close with 1000 "replay finished" once the whole capture was sent',
+    )
+    p.add_argument(
+        "--repeat",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="send the capture N times on each connection (default 1)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        metavar="N",
+        help="refuse clients beyond N at once with a max_connections status",
+    )
+    p.add_argument("--once", action="store_true", help="exit after the first client is done")
+    p.add_argument(
+        "--gen-profile",
+        choices=PROFILES,
+        default="burst",
+        help="without FILE: synthetic feed profile (default burst)",
+    )
+    p.add_argument(
+        "--gen-trades",
+        type=_positive_int,
+        default=1_000_000,
+        metavar="N",
+        help="without FILE: number of synthetic trades (default 1000000)",
+    )
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    """`tb replay`: load, listen, print the address, serve until stopped."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
+    host, port = args.listen
+    try:
+        if args.file is not None:
+            payloads: Iterable[bytes] = read_capture(args.file)
+            source = args.file
+        else:
+            from tb.gen import generate
+
+            payloads = generate(profile=args.gen_profile, trades=args.gen_trades)
+            source = f"tb gen --profile {args.gen_profile} --trades {args.gen_trades}"
+        server = ReplayServer(
+            payloads,
+            host,
+            port,
+            rate=args.rate,
+            key=args.key,
+            close_after=args.close_after,
+            repeat=args.repeat,
+            max_connections=args.max_connections,
+        )
+    except CaptureError as exc:
+        print(f"tb replay: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"tb replay: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    try:
+        server.start()
+    except OSError as exc:
+        print(f"tb replay: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    stream = server.stream
+    log.info(
+        "serving %s: %d trades in %d messages (%d bytes of frames)",
+        source,
+        stream.total_trades,
+        stream.messages,
+        len(stream.buffer),
+    )
+    print(f"listening on {server.url}", flush=True)
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    previous = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        while not stop.is_set():
+            if args.once and server.wait_finished(1, timeout=0.2):
+                break
+            stop.wait(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.stop()
+    log.info("stopped: %d connections, %d trades sent", server.connections, server.trades_sent)
+    return 0
