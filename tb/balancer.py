@@ -319,7 +319,8 @@ class Balancer:
             return
         if now - self.worker_started > 30:
             self.restart_delay = 0.1  # it ran a good while: this is a fresh failure
-        delay, self.restart_delay = self.restart_delay, min(10.0, self.restart_delay * 2)
+        # Capped at 1 s: while the worker is down the feed queues up (1M trades/s at the open).
+        delay, self.restart_delay = self.restart_delay, min(1.0, self.restart_delay * 2)
         self.restarts.append(now)
         log.warning("restarting the worker in %.1f s (records keep queueing meanwhile)", delay)
         self.loop.call_later(delay, self._start_worker)
