@@ -5,7 +5,10 @@ the loop sees it; from then on it is a nonblocking fd with `recv_into(view) -> n
 `None` when nothing is ready) and `send(data) -> n`. Plain TCP reads the socket straight into the
 arena; userspace TLS reads through `SSLSocket.recv_into`, which may hold decrypted bytes that the
 fd no longer shows as readable, so `recv_into` keeps reading until the SSL object is empty or the
-view is full. Connecting is blocking with a timeout: it happens only between sessions.
+view is full; kernel TLS (tb.ktls, `--tls ktls|auto`) hands the record layer to the kernel after
+the handshake and reads plaintext with `recvmsg_into`, no copy through OpenSSL. Connecting is
+blocking with a timeout: it happens only between sessions. `--tls auto` logs one line saying
+which TLS was chosen and why.
 """
 
 from __future__ import annotations
@@ -16,7 +19,15 @@ import ssl
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-__all__ = ["TransportError", "TLSVerifyError", "FeedURL", "parse_url", "Transport", "connect"]
+__all__ = [
+    "TransportError",
+    "TLSVerifyError",
+    "KTLSUnavailableError",
+    "FeedURL",
+    "parse_url",
+    "Transport",
+    "connect",
+]
 
 log = logging.getLogger("tb.transport")
 
@@ -27,6 +38,11 @@ class TransportError(Exception):
 
 class TLSVerifyError(TransportError):
     """The server's certificate did not verify (not retried: exit code 6)."""
+
+
+class KTLSUnavailableError(TLSVerifyError):
+    """`--tls ktls` was asked for and this kernel or connection cannot do it (not retried: exit
+    code 6, like a certificate failure: retrying would not change the answer)."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -70,11 +86,11 @@ def parse_url(url: str) -> FeedURL:
 
 
 class Transport:
-    """A connected, nonblocking byte stream (plain TCP or userspace TLS)."""
+    """A connected, nonblocking byte stream: plain TCP or userspace TLS (kernel TLS: tb.ktls)."""
 
     def __init__(self, sock: socket.socket, kind: str) -> None:
         self.sock = sock
-        self.kind = kind  # "tcp", "tls"
+        self.kind = kind  # "tcp", "tls", "ktls"
         self.fd = sock.fileno()
         self._tls = isinstance(sock, ssl.SSLSocket)
 
@@ -161,21 +177,65 @@ def connect(
     if not use_tls:
         sock.setblocking(False)
         return Transport(sock, "tcp")
+    return _tls_connect(sock, url, tls_mode=tls_mode, cafile=cafile, insecure=insecure)
+
+
+TLS_MODES = ("auto", "ktls", "userspace")
+
+
+def _tls_connect(
+    sock: socket.socket, url: FeedURL, *, tls_mode: str, cafile: str | None, insecure: bool
+) -> Transport:
+    """Handshake on the connected `sock`, then pick kernel or userspace TLS (one log line why)."""
+    if tls_mode not in TLS_MODES:
+        sock.close()
+        raise ValueError(f"tls_mode must be one of {', '.join(TLS_MODES)}, got {tls_mode!r}")
+    from tb import ktls
+
+    # One context per connection: its key log (TLS 1.3 kTLS) then holds this connection's
+    # secrets only, and lives in memory (a memfd), never in a file.
     ctx = ssl.create_default_context(cafile=cafile)
     if insecure:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
+    why_not = None
+    if tls_mode == "userspace":
+        why_not = "--tls userspace"
+    else:
+        why_not = ktls.kernel_missing()
+        if why_not and tls_mode == "ktls":
+            sock.close()
+            raise KTLSUnavailableError(f"--tls ktls: {why_not}")
+    keylog = None
+    if why_not is None:
+        ctx.options |= ktls.SSL_OP_ENABLE_KTLS  # OpenSSL: TX+RX for TLS 1.2, TX for TLS 1.3
+        keylog = ktls.KeyLog(ctx)
     try:
         ssock = ctx.wrap_socket(sock, server_hostname=url.host)
-    except ssl.SSLCertVerificationError as exc:
-        sock.close()
-        raise TLSVerifyError(
-            f"TLS certificate of {url.host} did not verify: {exc.verify_message or exc.reason}"
-            " (use --cafile for a private CA, or --insecure for a test server)"
-        ) from None
     except (ssl.SSLError, OSError) as exc:
         sock.close()
+        if keylog is not None:
+            keylog.take()  # wipe whatever was logged
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            raise TLSVerifyError(
+                f"TLS certificate of {url.host} did not verify: "
+                f"{exc.verify_message or exc.reason}"
+                " (use --cafile for a private CA, or --insecure for a test server)"
+            ) from None
         raise TransportError(f"TLS handshake with {url.host} failed: {exc}") from None
+    suite = (ssock.cipher() or ("?",))[0]
+    if keylog is not None:
+        try:
+            transport = ktls.switch_to_ktls(ssock, keylog)
+        except ktls.KTLSUnavailable as exc:
+            why_not = str(exc)
+            if tls_mode == "ktls":
+                ssock.close()
+                raise KTLSUnavailableError(f"--tls ktls: {why_not}") from None
+        else:
+            ssock.setblocking(False)
+            log.info("TLS %s", transport.info.describe())
+            return transport
     ssock.setblocking(False)
-    log.info("TLS %s %s (userspace)", ssock.version(), (ssock.cipher() or ("?",))[0])
+    log.info("TLS %s %s: userspace TLS (%s)", ssock.version(), suite, why_not)
     return Transport(ssock, "tls")
