@@ -91,24 +91,23 @@ class _Stream:
     """Every message pre-encoded as server TEXT frames in one buffer, with frame/trade offsets."""
 
     def __init__(self, payloads: Iterable[bytes]) -> None:
-        frames: list[bytes] = []
+        # Appended frame by frame (amortized growth) rather than joined from a list, so the
+        # peak is about one copy of the stream even for multi-GB captures.
+        buffer = bytearray()
         ends: list[int] = []
         trades: list[int] = []
-        offset = total = 0
+        total = 0
         for payload in payloads:
-            frame = encode_frame(Opcode.TEXT, payload, mask=False)
-            frames.append(frame)
-            offset += len(frame)
+            buffer += encode_frame(Opcode.TEXT, payload, mask=False)
             total += count_trades(payload)
-            ends.append(offset)
+            ends.append(len(buffer))
             trades.append(total)
-        self.buffer = b"".join(frames)
-        self.view = memoryview(self.buffer)
+        self.buffer = buffer  # never resized again: the memoryview below pins it
+        self.view = memoryview(buffer)
         self.ends = np.array(ends, dtype=np.int64)
         self.trades = np.array(trades, dtype=np.int64)
         self.messages = len(ends)
         self.total_trades = total
-        self.payload_bytes = offset  # frame bytes, headers included
 
     def boundary_at_or_after(self, pos: int) -> int:
         """Index of the frame that ends at or after byte ``pos``."""
