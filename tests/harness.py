@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -124,3 +128,142 @@ def wait_for():
         pytest.fail(f"timed out waiting for {what}")
 
     return wait
+
+
+def _accept(key: str) -> str:
+    digest = hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
+    return base64.b64encode(digest).decode()
+
+
+def frame(payload: bytes, opcode: int = 1) -> bytes:
+    """A server-to-client websocket frame (unmasked), written independently of tb.ws."""
+    n = len(payload)
+    if n < 126:
+        head = bytes([0x80 | opcode, n])
+    elif n < 65536:
+        head = bytes([0x80 | opcode, 126]) + n.to_bytes(2, "big")
+    else:
+        head = bytes([0x80 | opcode, 127]) + n.to_bytes(8, "big")
+    return head + payload
+
+
+DROP = "drop"  # in a script: close the TCP connection right here (FIN), mid-frame or not
+RESET = "reset"  # in a script: reset the TCP connection (RST: the kernel may discard unread data)
+HANG = "hang"  # in a script: send nothing more, answer nothing, keep the socket open
+
+
+class ScriptedFeed:
+    """A raw-socket feed server: connection k gets the handshake (greeting, auth, subscribe) and
+    then scripts[k]: bytes to send, DROP, RESET or HANG. After its script a connection is read
+    until the client closes. Connections past the last script get the handshake only."""
+
+    def __init__(self, *scripts: list) -> None:
+        self.scripts = list(scripts)
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"ws://127.0.0.1:{self.port}/stocks"
+        self.received = b""
+        self.connections = 0
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        self.sock.settimeout(30)
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            script = self.scripts[self.connections] if self.connections < len(self.scripts) else []
+            self.connections += 1
+            try:
+                self._serve_one(conn, script)
+            except OSError:
+                pass
+            finally:
+                conn.close()
+            if len(self.scripts) == 1 and self.connections == 1:
+                return
+
+    def _serve_one(self, conn: socket.socket, script: list) -> None:
+        conn.settimeout(10)
+        req = b""
+        while b"\r\n\r\n" not in req:
+            req += conn.recv(4096)
+        key = [
+            ln.split(b":", 1)[1].strip()
+            for ln in req.split(b"\r\n")
+            if ln.lower().startswith(b"sec-websocket-key")
+        ][0]
+        conn.sendall(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: "
+            + _accept(key.decode()).encode()
+            + b"\r\n\r\n"
+            + frame(b'[{"ev":"status","status":"connected","message":"hi"}]')
+        )
+        self.received += conn.recv(65536)  # auth
+        conn.sendall(frame(b'[{"ev":"status","status":"auth_success","message":"ok"}]'))
+        self.received += conn.recv(65536)  # subscribe
+        conn.sendall(frame(b'[{"ev":"status","status":"success","message":"subscribed to: T.*"}]'))
+        for item in script:
+            if item == DROP:
+                conn.shutdown(socket.SHUT_RDWR)
+                return
+            if item == RESET:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+                return
+            if item == HANG:
+                conn.settimeout(60)
+                break
+            conn.sendall(item)
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                return
+            self.received += data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class LiveTb:
+    """`tb run` as a subprocess whose stderr is collected line by line while it runs."""
+
+    def __init__(self, args: list[str]) -> None:
+        env = {
+            k: v for k, v in os.environ.items() if k not in ("POLYGON_API_KEY", "MASSIVE_API_KEY")
+        }
+        self.proc = subprocess.Popen(tb_cmd(*args), stderr=subprocess.PIPE, text=True, env=env)
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=self._collect, daemon=True)
+        self.thread.start()
+
+    def _collect(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def pids(self) -> list[int]:
+        return [
+            int(m.group(1))
+            for ln in list(self.lines)
+            if (m := re.search(r"started \(pid (\d+)\)", ln))
+        ]
+
+    def wait(self, timeout: float) -> int:
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail("tb did not finish:\n" + "".join(self.lines[-30:]))
+        self.thread.join(5)
+        return rc
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def final(self) -> dict[str, str]:
+        line = [ln for ln in self.lines if "tb: final" in ln][-1]
+        return dict(kv.split("=", 1) for kv in line.split() if "=" in kv)

@@ -3,16 +3,13 @@ that sends garbage."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import random
-import socket
 import sys
 import threading
 
 import pytest
-from harness import VERIFY_WORKER, check_delivery, read_log, run_tb
+from harness import VERIFY_WORKER, ScriptedFeed, check_delivery, frame, read_log, run_tb
 
 websockets_sync = pytest.importorskip("websockets.sync.server")
 
@@ -97,77 +94,6 @@ def test_websockets_library_server_fragments_pings_spaces(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def _accept(key: str) -> str:
-    digest = hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
-    return base64.b64encode(digest).decode()
-
-
-def _frame(payload: bytes, opcode: int = 1) -> bytes:
-    n = len(payload)
-    if n < 126:
-        head = bytes([0x80 | opcode, n])
-    elif n < 65536:
-        head = bytes([0x80 | opcode, 126]) + n.to_bytes(2, "big")
-    else:
-        head = bytes([0x80 | opcode, 127]) + n.to_bytes(8, "big")
-    return head + payload
-
-
-class RawFeed:
-    """One connection at a time, scripted: handshake, greeting/auth/subscribe, then `script` bytes."""
-
-    def __init__(self, script: list[bytes]) -> None:
-        self.script = script
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.received = b""
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-        self.thread.start()
-
-    def serve(self) -> None:
-        self.sock.settimeout(20)
-        conn, _ = self.sock.accept()
-        conn.settimeout(10)
-        with conn:
-            req = b""
-            while b"\r\n\r\n" not in req:
-                req += conn.recv(4096)
-            key = [
-                ln.split(b":", 1)[1].strip()
-                for ln in req.split(b"\r\n")
-                if ln.lower().startswith(b"sec-websocket-key")
-            ][0]
-            conn.sendall(
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                b"Sec-WebSocket-Accept: "
-                + _accept(key.decode()).encode()
-                + b"\r\n\r\n"
-                + _frame(b'[{"ev":"status","status":"connected","message":"hi"}]')
-            )
-            self._read_some(conn)  # auth
-            conn.sendall(_frame(b'[{"ev":"status","status":"auth_success","message":"ok"}]'))
-            self._read_some(conn)  # subscribe
-            conn.sendall(
-                _frame(b'[{"ev":"status","status":"success","message":"subscribed to: T.*"}]')
-            )
-            for chunk in self.script:
-                conn.sendall(chunk)
-            try:
-                while True:
-                    data = conn.recv(65536)
-                    if not data:
-                        break
-                    self.received += data
-            except OSError:
-                pass
-
-    def _read_some(self, conn) -> None:
-        self.received += conn.recv(65536)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 def _close_code_sent(data: bytes) -> int | None:
     # Find the client's (masked) close frame among what the server received: opcode 0x88.
     i = data.rfind(b"\x88")
@@ -184,7 +110,9 @@ def trade(sym: str, q: int) -> dict:
 
 def test_garbage_frame_closes_1002_and_keeps_what_came_before(tmp_path):
     good = [json.dumps([trade("AAPL", 1), trade("MSFT", 2)]), json.dumps([trade("A", 3)])]
-    feed = RawFeed([_frame(m.encode()) for m in good] + [b"\x83\x05hello"])  # opcode 3: reserved
+    feed = ScriptedFeed(
+        [frame(m.encode()) for m in good] + [b"\x83\x05hello"]
+    )  # opcode 3: reserved
     log = tmp_path / "log.jsonl"
     try:
         proc = run_tb(["run", f"ws://127.0.0.1:{feed.port}/", "--pipes", "2", "--key", "k", "--once",
@@ -200,9 +128,9 @@ def test_garbage_frame_closes_1002_and_keeps_what_came_before(tmp_path):
 
 def test_non_json_payload_is_counted_and_the_rest_is_delivered(tmp_path):
     good = [json.dumps([trade("AAPL", 1)]), json.dumps([trade("MSFT", 2), trade("AAPL", 3)])]
-    script = [_frame(good[0].encode()), _frame(b"this is not json {"), _frame(good[1].encode()),
-              _frame(b'[{"ev":"T","sym":"NVDA","i":"4","q":4},'), b"\x88\x02\x03\xe8"]  # fmt: skip
-    feed = RawFeed(script)
+    script = [frame(good[0].encode()), frame(b"this is not json {"), frame(good[1].encode()),
+              frame(b'[{"ev":"T","sym":"NVDA","i":"4","q":4},'), b"\x88\x02\x03\xe8"]  # fmt: skip
+    feed = ScriptedFeed(script)
     log = tmp_path / "log.jsonl"
     try:
         proc = run_tb(["run", f"ws://127.0.0.1:{feed.port}/", "--pipes", "3", "--key", "k", "--once",
@@ -218,7 +146,7 @@ def test_non_json_payload_is_counted_and_the_rest_is_delivered(tmp_path):
 
 
 def test_invalid_utf8_closes_1007(tmp_path):
-    feed = RawFeed([_frame(b'[{"ev":"T","sym":"A\xff"}]')])
+    feed = ScriptedFeed([frame(b'[{"ev":"T","sym":"A\xff"}]')])
     try:
         proc = run_tb(["run", f"ws://127.0.0.1:{feed.port}/", "--pipes", "2", "--key", "k", "--once",
                        "--workdir", str(tmp_path), "--", sys.executable, VERIFY_WORKER, str(tmp_path / "l")])  # fmt: skip
@@ -231,7 +159,7 @@ def test_invalid_utf8_closes_1007(tmp_path):
 
 
 def test_oversized_message_closes_1009(tmp_path):
-    feed = RawFeed([_frame(b"[" + b" " * 70000 + b"]")])
+    feed = ScriptedFeed([frame(b"[" + b" " * 70000 + b"]")])
     try:
         proc = run_tb(["run", f"ws://127.0.0.1:{feed.port}/", "--pipes", "2", "--key", "k", "--once",
                        "--max-message", "64K", "--workdir", str(tmp_path),

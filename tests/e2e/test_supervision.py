@@ -5,62 +5,17 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import signal
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
-from harness import expected_events, run_tb, tb_cmd
+from harness import LiveTb, expected_events, run_tb
 
 from tb.capture import read_capture
 
 KILL_WORKER = str(Path(__file__).parent / "kill_worker.py")
-
-
-class LiveTb:
-    """`tb run` as a subprocess whose stderr is collected line by line while it runs."""
-
-    def __init__(self, args: list[str]) -> None:
-        env = {
-            k: v for k, v in os.environ.items() if k not in ("POLYGON_API_KEY", "MASSIVE_API_KEY")
-        }
-        self.proc = subprocess.Popen(tb_cmd(*args), stderr=subprocess.PIPE, text=True, env=env)
-        self.lines: list[str] = []
-        self.thread = threading.Thread(target=self._collect, daemon=True)
-        self.thread.start()
-
-    def _collect(self) -> None:
-        for line in self.proc.stderr:
-            self.lines.append(line)
-
-    def pids(self) -> list[int]:
-        return [
-            int(m.group(1))
-            for ln in list(self.lines)
-            if (m := re.search(r"started \(pid (\d+)\)", ln))
-        ]
-
-    def wait(self, timeout: float) -> int:
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            pytest.fail("tb did not finish:\n" + "".join(self.lines[-30:]))
-        self.thread.join(5)
-        return rc
-
-    @property
-    def text(self) -> str:
-        return "".join(self.lines)
-
-    def final(self) -> dict[str, str]:
-        line = [ln for ln in self.lines if "tb: final" in ln][-1]
-        return dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
 
 
 @pytest.fixture(scope="module")
