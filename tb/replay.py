@@ -24,9 +24,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import selectors
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -36,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tb.capture import CaptureError, read_capture
+from tb.transport import TransportError, self_signed_context, server_context
 from tb.ws import (
     Connection,
     InvalidHandshake,
@@ -55,6 +58,7 @@ PACE_SLICE_S = 0.001
 AUTH_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 5.0  # how long to wait for the peer's close reply
 RECV_SIZE = 65536
+TLS_TIMEOUT_S = 30.0  # wss: handshake and blocking-send timeout
 
 GREETING = b'[{"ev":"status","status":"connected","message":"Connected Successfully"}]'
 AUTH_SUCCESS = b'[{"ev":"status","status":"auth_success","message":"authenticated"}]'
@@ -132,6 +136,7 @@ class ReplayServer:
         close_after: close with 1000 "replay finished" once everything was sent.
         repeat: serve the capture this many times back to back on each connection.
         max_connections: refuse (status max_connections, close 1008) beyond this many at once.
+        ssl_context: serve wss:// (each connection's handshake runs in its own thread).
 
     ``connections`` counts accepted connections, ``finished`` those whose thread has ended,
     ``completed`` those that received the whole stream, ``trades_sent`` trades sent in total.
@@ -148,6 +153,7 @@ class ReplayServer:
         close_after: bool = False,
         repeat: int = 1,
         max_connections: int | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if rate is not None and rate <= 0:
             raise ValueError("rate must be positive")
@@ -161,6 +167,7 @@ class ReplayServer:
         self.close_after = close_after
         self.repeat = repeat
         self.max_connections = max_connections
+        self.ssl_context = ssl_context
         self.connections = 0
         self.finished = 0
         self.completed = 0
@@ -176,7 +183,7 @@ class ReplayServer:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"ws://{host}:{self.port}"
+        return f"{'wss' if self.ssl_context else 'ws'}://{host}:{self.port}"
 
     def start(self) -> None:
         """Bind, listen and accept in a background thread. Raises OSError if it cannot bind."""
@@ -321,8 +328,14 @@ class _Session:
 
     def _run(self) -> None:
         sock = self.sock
-        sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.server.ssl_context is None:
+            sock.setblocking(False)
+        else:
+            # wss: blocking sends with a timeout. A nonblocking SSL write that stalls must be
+            # retried with the same bytes, and _shrink_chunk may shorten the slice in flight.
+            sock.settimeout(TLS_TIMEOUT_S)
+            sock = self.sock = self.server.ssl_context.wrap_socket(sock, server_side=True)
         sel = selectors.DefaultSelector()
         sel.register(sock, selectors.EVENT_READ)
         mask = selectors.EVENT_READ
@@ -715,6 +728,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="refuse clients beyond N at once with a max_connections status",
     )
     p.add_argument("--once", action="store_true", help="exit after the first client is done")
+    p.add_argument("--tls-cert", metavar="FILE", help="serve wss:// with this PEM certificate")
+    p.add_argument("--tls-key", metavar="FILE", help="its PEM private key (default: in --tls-cert)")
+    p.add_argument(
+        "--tls-self-signed",
+        action="store_true",
+        help="serve wss:// with a throwaway self-signed certificate for localhost/127.0.0.1 "
+        "(its path is printed: give it to tb run --cafile)",
+    )
+    p.add_argument(
+        "--tls-ktls",
+        action="store_true",
+        help="ask OpenSSL for kernel TLS on sends (SSL_OP_ENABLE_KTLS; needs a kTLS kernel)",
+    )
     p.add_argument(
         "--gen-profile",
         choices=PROFILES,
@@ -729,6 +755,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="without FILE: number of synthetic trades (default 1000000)",
     )
     p.set_defaults(func=main)
+
+
+def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """--tls-cert/--tls-key or --tls-self-signed -> a server context (None: plain ws://)."""
+    if args.tls_cert and args.tls_self_signed:
+        raise TransportError("give --tls-cert or --tls-self-signed, not both")
+    if args.tls_key and not args.tls_cert:
+        raise TransportError("--tls-key needs --tls-cert")
+    if args.tls_cert:
+        return server_context(args.tls_cert, args.tls_key, ktls=args.tls_ktls)
+    if args.tls_self_signed:
+        import tempfile
+
+        cert = os.path.join(tempfile.mkdtemp(prefix="tb-replay-"), "cert.pem")
+        ctx, how = self_signed_context(cert, ktls=args.tls_ktls)
+        log.info("self-signed certificate made with %s: tb run --cafile %s", how, cert)
+        return ctx
+    if args.tls_ktls:
+        raise TransportError("--tls-ktls needs --tls-cert or --tls-self-signed")
+    return None
 
 
 def main(args: argparse.Namespace) -> int:
@@ -754,7 +800,11 @@ def main(args: argparse.Namespace) -> int:
             close_after=args.close_after,
             repeat=args.repeat,
             max_connections=args.max_connections,
+            ssl_context=_tls_context(args),
         )
+    except TransportError as exc:
+        print(f"tb replay: {exc}", file=sys.stderr)
+        return 2
     except CaptureError as exc:
         print(f"tb replay: {exc}", file=sys.stderr)
         return 2
