@@ -44,11 +44,15 @@ from tb.ws import (
     parse_client_response,
 )
 
-__all__ = ["RunConfig", "Balancer", "EXIT_CODES"]
+__all__ = ["RunConfig", "Balancer", "EXIT_CODES", "MAX_RECV"]
+
+MAX_RECV = 4 << 20  # bytes per receive (and so per batch) at most
 
 log = logging.getLogger("tb.run")
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_AUTH, EXIT_WORKER, EXIT_CONNECT, EXIT_TLS = range(7)
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_AUTH, EXIT_WORKER, EXIT_CONNECT, EXIT_TLS, EXIT_OVERFLOW = (
+    range(8)
+)
 EXIT_CODES = {
     EXIT_OK: "clean shutdown (signal, or --once and the server closed normally)",
     EXIT_ERROR: "internal error",
@@ -57,6 +61,7 @@ EXIT_CODES = {
     EXIT_WORKER: "the worker exited or could not be started",
     EXIT_CONNECT: "--once: the connection failed or ended abnormally",
     EXIT_TLS: "TLS certificate verification failed",
+    EXIT_OVERFLOW: "--on-overflow exit: the pipes stayed full past --overflow-timeout",
 }
 
 
@@ -88,6 +93,8 @@ class RunConfig:
     numpy_min_bytes: int | None = None
     ping_interval: float = 20.0  # client pings this often while connected (0: never)
     idle_timeout: float = 60.0  # nothing at all received for this long: the peer is gone
+    on_overflow: str = "block"  # block | exit, once the bound has held for overflow_timeout
+    overflow_timeout: float = 30.0
     restart: str = "on-failure"  # always | on-failure | never
     max_restarts: int = 10  # more restarts than this within restart_window: give up (exit 4)
     restart_window: float = 60.0
@@ -108,6 +115,8 @@ class Counters:
     disconnected_s: float = 0.0
     recvs: int = 0
     lost_in_worker: int = 0
+    pauses: int = 0
+    paused_s: float = 0.0
     worker_restarts: int = 0
     per_pipe: list[int] = field(default_factory=list)
 
@@ -147,6 +156,8 @@ class Balancer:
         self.restart_delay = 0.1
         self.last_rx = 0.0
         self.last_ping = 0.0
+        self.paused_since: float | None = None
+        self.overflow_warned = 0.0
         self.stage = [0.0, 0.0, 0.0, 0.0]  # seconds in recv, frame scan, route, pipe write
         self.cpu_first = self.cpu_last = 0.0
         self.t_first = self.t_last = 0.0
@@ -382,6 +393,9 @@ class Balancer:
             return
         now = time.monotonic()
         cfg = self.cfg
+        if self.paused_since is not None:
+            self._check_overflow(now)
+            return  # not reading on purpose: silence is ours, not the peer's
         if cfg.idle_timeout and now - self.last_rx > cfg.idle_timeout:
             self._connection_lost(
                 f"nothing received for {now - self.last_rx:.0f} s: the peer is gone"
@@ -474,8 +488,36 @@ class Balancer:
             self.reading = False
 
     def _on_drain(self) -> None:
-        log.info("pipes drained below the bound: reading the socket again")
+        if self.paused_since is not None:
+            paused = time.monotonic() - self.paused_since
+            self.c.paused_s += paused
+            self.paused_since = None
+            log.info(
+                "pipes drained below half the bound after %.2f s: reading the socket again", paused
+            )
         self._resume_reading()
+
+    def _check_overflow(self, now: float) -> None:
+        """The bound has held since paused_since: apply --on-overflow once it lasts too long."""
+        held = now - self.paused_since
+        cfg = self.cfg
+        if held < cfg.overflow_timeout:
+            return
+        if cfg.on_overflow == "exit":
+            log.error(
+                "the pipes have been full for %.0f s (%d MiB queued): the worker cannot keep up;"
+                " exiting (--on-overflow exit)",
+                held,
+                self.writer.queued_bytes >> 20,
+            )
+            self.stop(EXIT_OVERFLOW)
+        elif now - self.overflow_warned >= cfg.overflow_timeout:
+            self.overflow_warned = now
+            log.warning(
+                "the socket has been paused for %.0f s because the worker is not keeping up; the"
+                " server may disconnect tb as a slow consumer",
+                held,
+            )
 
     # -- the hot path ---------------------------------------------------------------------------
     def _on_readable(self) -> None:
@@ -483,7 +525,9 @@ class Balancer:
         stage = self.stage
         t0 = perf_counter()
         try:
-            n = self.transport.recv_into(view[self.end :])
+            # One receive is one batch; capping it keeps --max-buffer a tight bound (checked after
+            # each batch) while staying large enough that per-batch costs vanish per trade.
+            n = self.transport.recv_into(view[self.end : self.end + MAX_RECV])
         except TransportError as exc:
             self._connection_lost(f"{exc}")
             return
@@ -536,6 +580,8 @@ class Balancer:
                 self.cfg.max_buffer >> 20,
             )
             self._pause_reading()
+            self.paused_since = self.overflow_warned = time.monotonic()
+            self.c.pauses += 1
 
     def _route(self, messages: list) -> None:
         t0 = perf_counter()
@@ -640,11 +686,18 @@ class Balancer:
         state = "streaming" if self.session and self.session.streaming else "connecting"
         if self.transport is None:
             state = "disconnected"
+        elif self.paused_since is not None:
+            state = "paused"
+        depth = ",".join(
+            f"{i}:{n}" for i, n in enumerate(w.queued_bytes_per_pipe if w else ()) if n
+        )
         return (
             f"received={c.events} routed={c.routed} written={written} queued={queued}"
-            f" queued_bytes={w.queued_bytes if w else 0} dropped_no_symbol={c.no_symbol}"
+            f" queued_bytes={w.queued_bytes if w else 0} queue_per_pipe={depth or '-'}"
+            f" dropped_no_symbol={c.no_symbol}"
             f" statuses={c.statuses} fallback={c.fallback} malformed={c.malformed}"
             f" lost_in_worker={c.lost_in_worker} worker_restarts={c.worker_restarts}"
+            f" pauses={c.pauses} paused_s={c.paused_s:.2f}"
             f" reconnects={c.reconnects} disconnected_s={c.disconnected_s:.2f}"
             f" max_pipe_share={share:.1f}% state={state}"
         )

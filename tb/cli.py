@@ -24,6 +24,7 @@ EXIT_HELP = """exit codes:
   4  the worker exited, or could not be started
   5  --once: the connection failed or ended abnormally
   6  TLS certificate verification failed
+  7  --on-overflow exit: the pipes stayed full for longer than --overflow-timeout
 """
 
 
@@ -98,6 +99,20 @@ def add_run_arguments(p: argparse.ArgumentParser, *, positional: bool = True) ->
         type=parse_size,
         default=1 << 30,
         help="bound on bytes queued for the pipes; past it tb stops reading the socket (default 1G)",
+    )
+    p.add_argument(
+        "--on-overflow",
+        choices=["block", "exit"],
+        default="block",
+        help="when the bound has held for --overflow-timeout: block (keep the socket paused, warn;"
+        " the default) or exit (code 7)",
+    )
+    p.add_argument(
+        "--overflow-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long the bound may hold before --on-overflow applies (default 30)",
     )
     p.add_argument(
         "--max-message",
@@ -216,6 +231,8 @@ def _run_config(args: argparse.Namespace, worker: list[str]):
         insecure=args.insecure,
         shutdown_timeout=args.shutdown_timeout,
         restart=args.restart,
+        on_overflow=args.on_overflow,
+        overflow_timeout=args.overflow_timeout,
         ping_interval=args.ping_interval,
         idle_timeout=args.idle_timeout,
         max_restarts=args.max_restarts,

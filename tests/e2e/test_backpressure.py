@@ -1,0 +1,105 @@
+"""A slow worker: the other pipes keep flowing, nothing is lost, the buffer bound holds."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+from harness import Replay, expected_events, run_tb
+
+from tb.balancer import MAX_RECV
+from tb.capture import read_capture
+
+SLOW_WORKER = """
+import json, os, select, struct, sys, time
+out, fds = sys.argv[1], [int(a) for a in sys.argv[2:]]
+slow = fds[0]
+arrivals = {i: [] for i in range(len(fds))}
+bufs = {fd: b"" for fd in fds}
+live = set(fds)
+while live:
+    ready, _, _ = select.select(list(live), [], [])
+    for fd in ready:
+        if fd == slow:
+            time.sleep(0.002)  # pipe 0 is read slowly, in small pieces
+        chunk = os.read(fd, 4096 if fd == slow else 1 << 20)
+        if not chunk:
+            live.discard(fd)
+            continue
+        buf = bufs[fd] + chunk
+        pos = 0
+        while pos + 4 <= len(buf):
+            (n,) = struct.unpack_from("<I", buf, pos)
+            if pos + 4 + n > len(buf):
+                break
+            arrivals[fds.index(fd)].append((time.monotonic(), buf[pos + 4 : pos + 4 + n].decode()))
+            pos += 4 + n
+        bufs[fd] = buf[pos:]
+json.dump(arrivals, open(out, "w"))
+"""
+
+
+def test_slow_pipe_does_not_stall_the_others_and_the_bound_holds(tmp_path):
+    cap = tmp_path / "feed.tbcap"
+    proc = run_tb(
+        [
+            "gen",
+            str(cap),
+            "--profile",
+            "burst",
+            "--trades",
+            "60000",
+            "--symbols",
+            "500",
+            "--seed",
+            "2",
+        ]
+    )
+    assert proc.returncode == 0
+    payloads = list(read_capture(str(cap)))
+    worker = tmp_path / "slow.py"
+    worker.write_text(SLOW_WORKER)
+    results = {}
+    for bound in ("64M", "1M"):
+        replay = Replay(str(cap), "--close-after")
+        out = tmp_path / f"arrivals-{bound}.json"
+        try:
+            run = run_tb(
+                ["run", replay.url, "--pipes", "4", "--key", "k", "--once", "--pipe-size", "64K",
+                 "--max-buffer", bound, "--stats", "0.2", "--workdir", str(tmp_path),
+                 "--", sys.executable, str(worker), str(out)],
+                timeout=120,
+            )  # fmt: skip
+        finally:
+            replay.stop()
+        assert run.returncode == 0, run.stderr[-3000:]
+        arrivals = {int(k): v for k, v in json.loads(out.read_text()).items()}
+        got = sorted(json.loads(raw)["q"] for v in arrivals.values() for _, raw in v)
+        assert got == sorted(o["q"] for o in expected_events(payloads)), "every trade, once"
+        results[bound] = (run.stderr, arrivals)
+
+    # Under a roomy bound the fast pipes finish while the slow one is far from done.
+    stderr, arrivals = results["64M"]
+    slow = [t for t, _ in arrivals[0]]
+    fast_done = max(t for i in (1, 2, 3) for t, _ in arrivals[i])
+    assert fast_done < slow[len(slow) // 2], "the fast pipes waited for the slow one"
+    # Under a tight bound tb pauses the socket, and the queue never passes bound + one receive.
+    stderr, _ = results["1M"]
+    queued = [int(m) for m in re.findall(r"queued_bytes=(\d+)", stderr)]
+    assert queued and max(queued) <= (1 << 20) + MAX_RECV
+    final = [ln for ln in stderr.splitlines() if "tb: final" in ln][0]
+    assert int(re.search(r"pauses=(\d+)", final).group(1)) >= 1
+    assert "pausing the socket" in stderr
+
+
+def test_on_overflow_exit_when_the_worker_stops_reading(tmp_path, replay_factory):
+    replay = replay_factory("--gen-profile", "burst", "--gen-trades", "200000")
+    run = run_tb(
+        ["run", replay.url, "--pipes", "2", "--key", "k", "--pipe-size", "64K", "--max-buffer", "1M",
+         "--on-overflow", "exit", "--overflow-timeout", "1", "--shutdown-timeout", "1",
+         "--workdir", str(tmp_path), "--", sys.executable, "-c", "import time; time.sleep(60)"],
+        timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 7, run.stderr[-2000:]
+    assert "cannot keep up" in run.stderr and "Traceback" not in run.stderr
