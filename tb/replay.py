@@ -137,6 +137,8 @@ class ReplayServer:
         repeat: serve the capture this many times back to back on each connection.
         max_connections: refuse (status max_connections, close 1008) beyond this many at once.
         ssl_context: serve wss:// (each connection's handshake runs in its own thread).
+        send_log: if a list, (first_message, last_message, time.monotonic_ns()) is appended each
+            time a slice of frames has gone to the kernel (tb profile's latency measurement).
 
     ``connections`` counts accepted connections, ``finished`` those whose thread has ended,
     ``completed`` those that received the whole stream, ``trades_sent`` trades sent in total.
@@ -154,6 +156,7 @@ class ReplayServer:
         repeat: int = 1,
         max_connections: int | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        send_log: list | None = None,
     ) -> None:
         if rate is not None and rate <= 0:
             raise ValueError("rate must be positive")
@@ -168,6 +171,7 @@ class ReplayServer:
         self.repeat = repeat
         self.max_connections = max_connections
         self.ssl_context = ssl_context
+        self.send_log = send_log
         self.connections = 0
         self.finished = 0
         self.completed = 0
@@ -603,6 +607,8 @@ class _Session:
         self.tally.messages += last + 1 - first
         self.tally.bytes += int(s.ends[last]) - (int(s.ends[first - 1]) if first else 0)
         self.server._count(trades)
+        if self.server.send_log is not None:
+            self.server.send_log.append((first, last, time.monotonic_ns()))
         self.frames_done = last + 1
         if self.frames_done == s.messages and self.phase == STREAMING:
             self.pass_no += 1
