@@ -20,6 +20,7 @@ import json
 import mmap
 import os
 import select
+import signal
 import struct
 import sys
 import time
@@ -110,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     except PipeError as exc:
         print(f"count_worker: {exc}", file=sys.stderr)
         return 2
+    # A balancer that dies sends SIGHUP (PR_SET_PDEATHSIG): count what is in the pipes anyway,
+    # to EOF, so the summary is written.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     progress = None
     if args.progress:
         with open(args.progress, "wb") as f:

@@ -1,0 +1,446 @@
+"""`tb profile`: the whole pipeline on loopback, measured side by side in one run.
+
+Theory of operation: a replay server (a `tb replay` process; in this process, paced, for latency
+runs) serves a cached synthetic capture; the balancer under test (`tb run`, or any command with the
+C original's positional CLI via --balancer) routes it to `tb.pipes.count_worker`, which counts
+records at memchr speed and keeps its running total in a small mmap'd file. This process samples
+that total and the balancer's CPU time (/proc/PID/stat) and RSS every 10 ms. CPU per million
+trades is the balancer's CPU between the worker's first and last record, divided by the records:
+the same yardstick for every balancer, start-up and shutdown excluded. For `tb run` the report
+adds tb's own counters: syscalls per trade, time per stage, the busiest pipe's share.
+
+Latency (`--workload trickle`): the server is paced and logs when each slice of frames went to
+the kernel; the worker stamps each record's `q` on arrival (CLOCK_MONOTONIC is shared by all
+processes), so feed->worker latency is arrival minus send, per trade.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mmap
+import os
+import re
+import shlex
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+__all__ = ["add_parser", "main", "ProfileResult", "run_profile"]
+
+WORKLOADS = {
+    # name: (gen profile, default trades, default rate or None)
+    "burst": ("burst", 5_000_000, None),
+    "quiet": ("quiet", 1_000_000, None),
+    "trickle": ("quiet", 0, 2000.0),
+}
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass
+class ProfileResult:
+    workload: str
+    balancer: str
+    trades: int
+    pipes: int
+    loop: str
+    tls: str
+    delivered: int = 0
+    seconds: float = 0.0
+    trades_per_s: float = 0.0
+    cpu_s: float = 0.0
+    cpu_s_per_million: float = 0.0
+    max_rss_mib: float = 0.0
+    max_pipe_share: float = 0.0
+    fair_share: float = 0.0
+    latency_us: dict = field(default_factory=dict)
+    tb: dict = field(default_factory=dict)  # tb's own final counters
+    samples: list = field(default_factory=list)  # (t, delivered, cpu_s)
+    ok: bool = False
+    error: str = ""
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "profile",
+        help="measure the whole pipeline on loopback (trades/s, CPU per million, latency)",
+        description="Run replay server -> balancer -> counting worker on loopback and report "
+        "trades/s, the balancer's CPU seconds per million trades, syscalls per trade, time per "
+        "stage, latency percentiles (trickle), RSS and the busiest pipe's share. The capture is "
+        "generated once and cached (~/.cache/tb or $TB_CACHE).",
+    )
+    p.add_argument(
+        "--workload",
+        choices=list(WORKLOADS),
+        default="burst",
+        help="burst (~350 trades/frame, unpaced), quiet (1-5 trades/frame, unpaced), "
+        "trickle (quiet frames paced at --rate, measures latency)",
+    )
+    p.add_argument("--trades", type=int, help="trades to send (burst 5M, quiet 1M, trickle 10 s)")
+    p.add_argument("--rate", type=float, help="paced trades/s (trickle default 2000)")
+    p.add_argument("--symbols", type=int, default=10000, help="distinct symbols (default 10000)")
+    p.add_argument("--pipes", type=int, default=32, help="pipes (default 32)")
+    p.add_argument("--loop", choices=["auto", "epoll", "uring"], default="auto", help="tb's loop")
+    p.add_argument("--hash", choices=["mixed", "compat"], default="mixed", help="tb's hash")
+    p.add_argument(
+        "--tls",
+        choices=["none", "userspace", "ktls"],
+        default="none",
+        help="serve wss:// (self-signed)",
+    )
+    p.add_argument(
+        "--balancer",
+        metavar="CMD",
+        help="profile another balancer with the C original's CLI (CMD KEY URL NPIPES WORKDIR WORKER...)"
+        " instead of tb, e.g. --balancer ./lb or --balancer 'python3 tools/naive_client.py'",
+    )
+    p.add_argument("--runs", type=int, default=1, help="repeat and report each run (default 1)")
+    p.add_argument("--timeout", type=float, default=300.0, help="give up on a run after SECONDS")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument(
+        "--plot", metavar="PNG", help="draw throughput (and latency) to PNG (matplotlib)"
+    )
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=main)
+
+
+# -- the capture ----------------------------------------------------------------------------------
+def cached_capture(profile: str, trades: int, symbols: int, seed: int = 1) -> Path:
+    """The synthetic capture for these parameters, generated on first use."""
+    from tb.capture import CaptureWriter
+    from tb.gen import generate
+
+    base = Path(os.environ.get("TB_CACHE") or Path.home() / ".cache" / "tb")
+    base.mkdir(parents=True, exist_ok=True)
+    path = base / f"profile-{profile}-{trades}-{symbols}-{seed}.tbcap"
+    if not path.exists():
+        print(f"tb profile: generating {trades:,} {profile} trades once -> {path}", file=sys.stderr)
+        tmp = path.with_suffix(".tmp")
+        with CaptureWriter(str(tmp)) as cap:
+            for payload in generate(profile=profile, trades=trades, symbols=symbols, seed=seed):
+                cap.write(payload)
+        os.replace(tmp, path)
+    return path
+
+
+# -- sampling -------------------------------------------------------------------------------------
+def _cpu_and_rss(pid: int) -> tuple[float, int] | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    # fields[11], [12]: utime, stime (ticks); fields[21]: rss (pages). Threads included.
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK, int(fields[21]) * _PAGE
+
+
+class _Progress:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.map: mmap.mmap | None = None
+
+    def read(self) -> int:
+        if self.map is None:
+            try:
+                with open(self.path, "rb") as f:
+                    if os.fstat(f.fileno()).st_size < 8:
+                        return 0
+                    self.map = mmap.mmap(f.fileno(), 8, prot=mmap.PROT_READ)
+            except OSError:
+                return 0
+        return struct.unpack_from("<Q", self.map, 0)[0]
+
+
+def _interp(samples: list[tuple[float, int, float]], t: float) -> float:
+    """CPU time at wall time t, from the samples (linear between neighbours)."""
+    prev = samples[0]
+    for s in samples:
+        if s[0] >= t:
+            if s[0] == prev[0]:
+                return s[2]
+            return prev[2] + (s[2] - prev[2]) * (t - prev[0]) / (s[0] - prev[0])
+        prev = s
+    return samples[-1][2]
+
+
+# -- one run --------------------------------------------------------------------------------------
+def run_profile(args: argparse.Namespace, live: bool = True) -> ProfileResult:
+    gen_profile, default_trades, default_rate = WORKLOADS[args.workload]
+    rate = args.rate if args.rate is not None else default_rate
+    trades = args.trades or (default_trades if default_trades else int((rate or 2000) * 10))
+    name = args.balancer or "tb"
+    res = ProfileResult(args.workload, name, trades, args.pipes, args.loop, args.tls)
+    cap = cached_capture(gen_profile, trades, args.symbols)
+    work = Path(tempfile.mkdtemp(prefix="tb-profile-"))
+    py = sys.executable
+    latency = args.workload == "trickle"
+    server = replay = None
+    send_log: list = []
+    try:
+        if rate is None:
+            cmd = [py, "-m", "tb", "replay", str(cap), "--listen", "127.0.0.1:0"]
+            if args.tls != "none":
+                cmd += ["--tls-self-signed"] + (["--tls-ktls"] if args.tls == "ktls" else [])
+            replay = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+            )
+            m = re.search(r"listening on (wss?://\S+)", replay.stdout.readline())
+            if not m:
+                res.error = "the replay server did not start"
+                return res
+            url = m.group(1)
+        else:
+            from tb.capture import read_capture
+            from tb.replay import ReplayServer
+
+            payloads = list(read_capture(str(cap)))
+            ctx = None
+            if args.tls != "none":
+                from tb.transport import self_signed_context
+
+                ctx, _ = self_signed_context(str(work / "cert.pem"), ktls=args.tls == "ktls")
+            server = ReplayServer(payloads, rate=rate, send_log=send_log, ssl_context=ctx)
+            server.start()
+            url = server.url
+        res = _measure(args, res, url + "/stocks", work, latency, live)
+        if latency and res.ok:
+            res.latency_us = _latency(work / "worker.json", payloads, send_log)
+        return res
+    finally:
+        if replay is not None:
+            replay.terminate()
+            replay.wait(10)
+        if server is not None:
+            server.stop()
+
+
+def _balancer_cmd(args, url: str, work: Path, worker: list[str]) -> list[str]:
+    if args.balancer:
+        return [
+            *shlex.split(args.balancer),
+            "profile-key",
+            url,
+            str(args.pipes),
+            str(work),
+            *worker,
+        ]
+    cmd = [sys.executable, "-m", "tb", "run", url, "--pipes", str(args.pipes), "--key", "profile-key",
+           "--loop", args.loop, "--hash", args.hash, "--workdir", str(work), "--stats", "0"]  # fmt: skip
+    if args.tls != "none":
+        cmd += ["--insecure", "--tls", "ktls" if args.tls == "ktls" else "userspace"]
+    return [*cmd, "--", *worker]
+
+
+def _measure(
+    args, res: ProfileResult, url: str, work: Path, latency: bool, live: bool
+) -> ProfileResult:
+    progress_path = work / "progress"
+    worker = [sys.executable, "-m", "tb.pipes.count_worker", "--out", str(work / "worker.json"),
+              "--progress", str(progress_path)] + (["--latency"] if latency else [])  # fmt: skip
+    err_path = work / "balancer.log"
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen(
+            _balancer_cmd(args, url, work, worker),
+            stdout=err,
+            stderr=err,
+            cwd=work,
+            start_new_session=True,
+        )
+    progress = _Progress(progress_path)
+    samples: list[tuple[float, int, float]] = []
+    t0 = time.monotonic()
+    max_rss = 0
+    last_print = 0.0
+    delivered = 0
+    try:
+        while time.monotonic() - t0 < args.timeout:
+            got = _cpu_and_rss(proc.pid)
+            delivered = progress.read()
+            now = time.monotonic()
+            if got is None or proc.poll() is not None:
+                res.error = f"the balancer exited early (see {err_path})"
+                break
+            samples.append((now, delivered, got[0]))
+            max_rss = max(max_rss, got[1])
+            if live and now - last_print >= 0.5:
+                last_print = now
+                _live_line(samples, res.trades)
+            if delivered >= res.trades:
+                break
+            time.sleep(0.01)
+        else:
+            res.error = f"timed out after {args.timeout:.0f} s with {delivered:,} of {res.trades:,} delivered"
+    finally:
+        if live:
+            print(file=sys.stderr)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    res.samples = [(round(t - t0, 4), n, round(c, 3)) for t, n, c in samples]
+    res.delivered = delivered
+    res.max_rss_mib = max_rss / (1 << 20)
+    summary_path = work / "worker.json"
+    deadline = time.monotonic() + 30
+    while not summary_path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if summary_path.exists() and not res.error:
+        summary = json.loads(summary_path.read_text())
+        first, last = summary["first"], summary["last"]
+        res.seconds = last - first
+        res.delivered = summary["records"]
+        res.trades_per_s = res.delivered / res.seconds if res.seconds > 0 else 0.0
+        res.cpu_s = _interp(samples, last) - _interp(samples, first)
+        res.cpu_s_per_million = res.cpu_s / (res.delivered / 1e6) if res.delivered else 0.0
+        per_pipe = summary["per_pipe"]
+        res.max_pipe_share = max(per_pipe) / max(1, sum(per_pipe))
+        res.fair_share = 1 / len(per_pipe)
+        res.ok = res.delivered == res.trades
+        if not res.ok:
+            res.error = f"delivered {res.delivered:,} of {res.trades:,}"
+    text = err_path.read_text(errors="replace")
+    final = [ln for ln in text.splitlines() if ln.startswith("tb: final")]
+    if final:
+        res.tb = {k: v for k, v in (kv.split("=", 1) for kv in final[-1].split() if "=" in kv)}
+    return res
+
+
+def _live_line(samples, total: int) -> None:
+    t, n, cpu = samples[-1]
+    back = next((s for s in reversed(samples) if t - s[0] >= 0.5), samples[0])
+    dt = t - back[0] or 1e-9
+    rate = (n - back[1]) / dt
+    busy = (cpu - back[2]) / dt * 100
+    end = "\r" if sys.stderr.isatty() else "\n"
+    print(
+        f"  {n:>12,} / {total:,} trades   {rate:>12,.0f} trades/s   balancer CPU {busy:5.1f}%",
+        end=end,
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _latency(summary_path: Path, payloads: list[bytes], send_log: list) -> dict:
+    import numpy as np
+
+    summary = json.loads(summary_path.read_text())
+    # message index of every q, and the time each message's slice went to the kernel
+    msg_of_q: dict[int, int] = {}
+    for k, payload in enumerate(payloads):
+        for obj in json.loads(payload):
+            msg_of_q[obj["q"]] = k
+    sent = np.zeros(len(payloads), dtype=np.int64)
+    for first, last, t in send_log:
+        sent[first : last + 1] = t
+    lat = np.array(
+        [t - sent[msg_of_q[q]] for q, t in summary["stamps"] if q in msg_of_q], dtype=np.float64
+    )
+    lat /= 1000.0
+    if not len(lat):
+        return {}
+    return {
+        "count": int(len(lat)),
+        **{f"p{p:g}": float(np.percentile(lat, p)) for p in (50, 90, 99, 99.9)},
+        "max": float(lat.max()),
+    }
+
+
+# -- reporting ------------------------------------------------------------------------------------
+def format_result(r: ProfileResult) -> str:
+    lines = [
+        f"tb profile: {r.workload}, {r.trades:,} trades, {r.pipes} pipes, balancer {r.balancer}"
+        f"{'' if r.balancer != 'tb' else f', loop {r.loop}'}, tls {r.tls}",
+    ]
+    if r.error:
+        lines.append(f"  FAILED: {r.error}")
+    lines += [
+        f"  delivered           {r.delivered:,} trades in {r.seconds:.3f} s",
+        f"  trades/s            {r.trades_per_s:,.0f}",
+        f"  balancer CPU        {r.cpu_s:.3f} s = {r.cpu_s_per_million:.3f} CPU s per million trades",
+        f"  busiest pipe        {r.max_pipe_share * 100:.1f}% of trades"
+        f" ({r.max_pipe_share / r.fair_share if r.fair_share else 0:.2f}x the fair share)",
+        f"  balancer max RSS    {r.max_rss_mib:.0f} MiB",
+    ]
+    if r.tb:
+        lines += [
+            f"  syscalls per trade  {r.tb.get('syscalls_per_trade', '?')}"
+            f" ({r.tb.get('recvs', '?')} receives, {r.tb.get('pipe_writes', '?')} pipe writes)",
+            f"  time per stage (s)  {r.tb.get('stage_s', '?')}",
+            f"  tb's own view       {r.tb.get('cpu_s_per_million', '?')} CPU s per million over"
+            f" {r.tb.get('stream_s', '?')} s of streaming; fallback-parsed {r.tb.get('fallback', '?')}",
+        ]
+    if r.latency_us:
+        lat = r.latency_us
+        lines.append(
+            "  feed->worker latency  "
+            + "  ".join(f"{k} {v:,.0f} µs" for k, v in lat.items() if k != "count")
+            + f"  ({lat['count']:,} trades)"
+        )
+    return "\n".join(lines)
+
+
+def _plot(results: list[ProfileResult], path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("tb profile: --plot needs matplotlib: pip install 'tb[plot]'") from None
+    has_lat = any(r.latency_us for r in results)
+    fig, axes = plt.subplots(
+        1, 2 if has_lat else 1, figsize=(12 if has_lat else 7, 4), squeeze=False
+    )
+    ax = axes[0][0]
+    for r in results:
+        s = r.samples
+        ts = [t for t, _, _ in s[1:]]
+        rate = [
+            (b[1] - a[1]) / max(1e-9, b[0] - a[0]) / 1e6 for a, b in zip(s, s[1:], strict=False)
+        ]
+        ax.plot(ts, rate, label=f"{r.balancer} ({r.cpu_s_per_million:.3f} CPU s/M)")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("million trades/s delivered")
+    ax.set_title(f"{results[0].workload}: throughput")
+    ax.legend()
+    if has_lat:
+        ax = axes[0][1]
+        for r in results:
+            if r.latency_us:
+                keys = [k for k in r.latency_us if k.startswith("p")]
+                ax.plot(keys, [r.latency_us[k] for k in keys], marker="o", label=r.balancer)
+        ax.set_ylabel("feed->worker latency, µs")
+        ax.set_title("latency percentiles")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(args: argparse.Namespace) -> int:
+    results = []
+    for _ in range(max(1, args.runs)):
+        r = run_profile(args, live=not args.json)
+        results.append(r)
+        if not args.json:
+            print(format_result(r), flush=True)
+    if args.json:
+        out = [asdict(r) for r in results]
+        for r in out:
+            r.pop("samples")
+        print(json.dumps(out if len(out) > 1 else out[0], indent=2))
+    if args.plot:
+        _plot(results, args.plot)
+        if not args.json:
+            print(f"tb profile: plot written to {args.plot}")
+    return 0 if all(r.ok for r in results) else 1
