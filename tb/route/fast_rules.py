@@ -8,9 +8,15 @@ the slow path (tb.route.slow) and its objects count as ``fallback``:
 2. At least one ``{``; quotes pair up inside the message, and no ``{``/``}`` lies inside a string.
 3. Braces alternate ``{ } { } ...`` (flat objects), and the bytes around them are exactly
    ``ws [ ws OBJ (ws , ws OBJ)* ws ] ws`` (ws = space, tab, newline, carriage return).
-4. In each object, a string token whose content is ``sym`` or ``pair`` is a key with a string
-   value: followed by ``ws : ws "``. Each of ``sym``, ``pair``, ``ev`` occurs at most once as such
-   a key (and ``p`` too in a forex quote, ev "C"). Other ``ev``/``p`` tokens are ignored.
+4. Key look-up works on byte patterns (without escapes, in valid JSON ``"sym"`` can only be a
+   string whose content is sym). Let ``"N"`` be the bytes ``"sym"``, ``"pair"``, ``"ev"``, ``"p"``.
+   An occurrence is a KEY when followed by ``ws : ws "``; its value runs to the next quote.
+   a. ``"sym"`` and ``"pair"``: at most one occurrence per object, and it must be a key whose
+      value's closing quote lies inside the object. No ``"sym"sym"`` / ``"pair"pair"`` overlap.
+   b. ``"ev"`` matters only when it is a key whose value is ``status`` or ``C`` ("interesting");
+      an object with two ``"ev"`` occurrences, one of them interesting, is refused.
+   c. ``"p"`` matters only in a forex quote (interesting ev C) without sym/pair: at most one
+      occurrence there; a key -> its value (closing quote inside the object) is the instrument.
 5. The routed symbol is at most MAX_FAST_SYMBOL bytes (the numpy path's row width).
 6. A status object (``"ev":"status"``) decodes with json.loads.
 

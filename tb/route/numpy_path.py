@@ -38,9 +38,8 @@ def _le(text: bytes) -> int:
 
 
 _SYM_Q, _PAIR = _le(b'sym"'), _le(b"pair")
-_EV_Q, _P_Q, _C_Q = _le(b'ev"'), _le(b'p"'), _le(b'C"')
-_STATUS_Q = _le(b'status"')
-_MASK2, _MASK3, _MASK7 = 0xFFFF, 0xFFFFFF, (1 << 56) - 1
+_EV_Q, _STATUS_Q, _C_Q = _le(b'ev"'), _le(b'status"'), _le(b'C"')
+_MASK3, _MASK7 = 0xFFFFFF, (1 << 56) - 1
 
 
 def _windows(buf: bytes | bytearray, dtype: np.dtype | type) -> np.ndarray:
@@ -49,62 +48,89 @@ def _windows(buf: bytes | bytearray, dtype: np.dtype | type) -> np.ndarray:
     return np.ndarray((len(buf) - dt.itemsize + 1,), dt, buffer=buf, strides=(1,))
 
 
-def _gather_ranges(body: np.ndarray, starts: np.ndarray, ends: np.ndarray):
-    """Bytes of body[starts[i]:ends[i]] for all i, concatenated, and each byte's range number."""
+def _gather_ranges(full: np.ndarray, starts: np.ndarray, ends: np.ndarray):
+    """Bytes of full[starts[i]:ends[i]] for all i, concatenated, and each byte's range number."""
     lengths = ends - starts
     total = int(lengths.sum())
     owner = np.repeat(np.arange(len(starts)), lengths)
     index = np.arange(total) + np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
-    return body[index], owner
+    return full[index], owner
 
 
-def _ranges_hold_one(body: np.ndarray, starts, ends, want) -> np.ndarray:
-    """For each range: exactly one non-whitespace byte and it equals want[i] (rules 3 and 4)."""
-    got, owner = _gather_ranges(body, starts, ends)
-    solid = (got != 32) & (got != 9) & (got != 10) & (got != 13)
+def _is_ws(b: np.ndarray) -> np.ndarray:
+    return (b == 32) | (b == 9) | (b == 10) | (b == 13)
+
+
+_SHORT_GAP = 4  # gaps up to this long are checked column by column (compact: 1, spaced: 2)
+
+
+def _gaps_hold_one(full: np.ndarray, starts, ends, want) -> np.ndarray:
+    """For each range: exactly one non-whitespace byte and it equals ``want`` (rules 3 and 4)."""
     n = len(starts)
-    count = np.bincount(owner[solid], minlength=n)
-    value = np.bincount(owner[solid], weights=got[solid], minlength=n)
-    return (count == 1) & (value == want)
+    want = np.broadcast_to(want, (n,))
+    lengths = ends - starts
+    ok = np.zeros(n, dtype=bool)
+    short = (lengths >= 1) & (lengths <= _SHORT_GAP)
+    (idx,) = np.nonzero(short)
+    if len(idx):
+        s, ln, w = starts[idx], lengths[idx], want[idx]
+        hits = np.zeros(len(idx), dtype=np.int8)
+        stray = np.zeros(len(idx), dtype=bool)
+        for col in range(int(ln.max())):
+            b = full[s + col]  # may read past the range (masked) but never past the padding
+            inside = ln > col
+            hit = b == w
+            hits += inside & hit
+            stray |= inside & ~hit & ~_is_ws(b)
+        ok[idx] = (hits == 1) & ~stray
+    (idx,) = np.nonzero(lengths > _SHORT_GAP)
+    if len(idx):
+        got, owner = _gather_ranges(full, starts[idx], ends[idx])
+        solid = ~_is_ws(got)
+        count = np.bincount(owner[solid], minlength=len(idx))
+        value = np.bincount(owner[solid], weights=got[solid], minlength=len(idx))
+        ok[idx] = (count == 1) & (value == want[idx])
+    return ok
 
 
 def _check_messages(body, mstart, mend):
     """Rules 1-3 per message; returns (bad per message, quote and brace positions of the rest)."""
     nmsg = len(mstart)
-    special = body == 34
-    special |= body == 92
-    special |= body == 123
-    special |= body == 125
-    special |= body < 32
-    special |= body >= 128
-    pos = np.flatnonzero(special)
-    val = body[pos]
-    bounds = np.searchsorted(pos, np.append(mstart, len(body)))
-    msg_of = np.repeat(np.arange(nmsg), np.diff(bounds))
-    is_q = val == 34
-    is_brace = (val == 123) | (val == 125)
-    bad_byte = (val == 92) | (val >= 128) | ((val < 32) & (val != 9) & (val != 10) & (val != 13))
     bad = np.zeros(nmsg, dtype=bool)
-    bad[msg_of[bad_byte]] = True
-    q_before = np.concatenate(([0], np.cumsum(is_q)))  # quotes among specials before index i
-    b_before = np.concatenate(([0], np.cumsum(is_brace)))
-    bad |= ((q_before[bounds[1:]] - q_before[bounds[:-1]]) & 1).astype(bool)
-    nbrace = b_before[bounds[1:]] - b_before[bounds[:-1]]
-    bad |= (nbrace == 0) | (nbrace & 1).astype(bool)
-    (bidx,) = np.nonzero(is_brace)
-    bmsg = msg_of[bidx]
-    # A brace after an odd number of the message's quotes sits inside a string (rule 2).
-    in_string = (q_before[bidx] - q_before[bounds[bmsg]]) & 1
+    # Rule 1. Such bytes are rare, so one any() usually settles it; only then locate them.
+    odd = body < 32
+    odd |= body >= 128
+    odd |= body == 92
+    if odd.any():
+        at = np.flatnonzero(odd)
+        v = body[at]
+        at = at[(v >= 128) | (v == 92) | ((v != 9) & (v != 10) & (v != 13))]
+        bad[np.searchsorted(mend, at, side="right")] = True
+    qpos = np.flatnonzero(body == 34)
+    brace = body == 123
+    brace |= body == 125
+    bpos = np.flatnonzero(brace)
+    q_first = np.searchsorted(qpos, mstart)  # index of each message's first quote
+    q_count = np.searchsorted(qpos, mend) - q_first
+    b_first = np.searchsorted(bpos, mstart)
+    b_count = np.searchsorted(bpos, mend) - b_first
+    bad |= ((q_count | b_count) & 1).astype(bool) | (b_count == 0)
+    bmsg = np.repeat(np.arange(nmsg), b_count)
+    # A brace after an odd number of its message's quotes sits inside a string (rule 2).
+    in_string = (np.searchsorted(qpos, bpos) - q_first[bmsg]) & 1
     # Flat objects: the message's k-th brace is { for even k, } for odd k (rule 3).
-    nth = np.arange(len(bidx)) - b_before[bounds[bmsg]]
-    wrong = (val[bidx] == 123) != ((nth & 1) == 0)
+    nth = np.arange(len(bpos)) - b_first[bmsg]
+    wrong = (body[bpos] == 123) != ((nth & 1) == 0)
     bad[bmsg[(in_string == 1) | wrong]] = True
-    keep_q = is_q & ~bad[msg_of]
-    keep_b = ~bad[bmsg]
-    return bad, pos[keep_q], pos[bidx[keep_b]], bmsg[keep_b]
+    if bad.any():
+        good = ~bad
+        qpos = qpos[np.repeat(good, q_count)] if len(qpos) else qpos
+        keep_b = good[bmsg]
+        bpos, bmsg = bpos[keep_b], bmsg[keep_b]
+    return bad, qpos, bpos, bmsg
 
 
-def _check_separators(body, bad, opens, closes, omsg, mstart, mend) -> None:
+def _check_separators(full, bad, opens, closes, omsg, mstart, mend) -> None:
     """Rule 3: ws [ ws before the first object, ws , ws between, ws ] ws after the last."""
     n = len(opens)
     if n == 0:
@@ -120,58 +146,91 @@ def _check_separators(body, bad, opens, closes, omsg, mstart, mend) -> None:
     ends = np.concatenate((opens, mend[omsg[last]]))
     want = np.concatenate((np.where(first, 0x5B, 0x2C), np.full(int(last.sum()), 0x5D)))
     owner = np.concatenate((omsg, omsg[last]))
-    bad[owner[~_ranges_hold_one(body, starts, ends, want)]] = True
+    bad[owner[~_gaps_hold_one(full, starts, ends, want)]] = True
 
 
-def _find_instruments(buf, body, bad, qpos, opens, closes, omsg):
-    """Rule 4-5 per object: (status?, symbol start, symbol length; -1 = none). Marks bad."""
-    nobj = len(opens)
-    qo, qc = qpos[0::2], qpos[1::2]  # every checked message has paired quotes (rule 2)
-    ntok = len(qo)
-    if ntok == 0:
-        return np.zeros(nobj, dtype=bool), np.zeros(nobj, dtype=_I64), np.full(nobj, -1, _I64)
-    w32 = _windows(buf, "<u4")[qo + 1]  # first 4 content bytes (+ closing quote when short)
-    is_sym = w32 == _SYM_Q
-    is_pair = (w32 == _PAIR) & (qc - qo == 5)
-    is_ev = (w32 & _MASK3) == _EV_Q
-    is_p = (w32 & _MASK2) == _P_Q
-    (cand,) = np.nonzero(is_sym | is_pair | is_ev | is_p)
-    cobj = np.searchsorted(opens, qo[cand], side="right") - 1
-    # A token outside every object sits in a separator, so its message is already bad: skip it.
-    inside = (cobj >= 0) & (qo[cand] < closes[np.maximum(cobj, 0)])
-    cand, cobj = cand[inside], cobj[inside]
-    nxt = np.minimum(cand + 1, ntok - 1)
-    # Key with a string value: between its closing quote and the next quote only ws : ws.
-    gap_ok = (cand + 1 < ntok) & (qo[nxt] > qc[cand] + 1)
-    gap_ok[gap_ok] = _ranges_hold_one(
-        body, qc[cand[gap_ok]] + 1, qo[nxt[gap_ok]], np.full(int(gap_ok.sum()), 0x3A)
+def _find_instruments(buf, full, bad, qpos, opens, closes, omsg):
+    """Rules 4-5 per object: (status?, symbol start, symbol length or -1). Marks bad messages.
+
+    Works on raw quote positions q: an occurrence of ``"N"`` starts at some quote j (its closing
+    quote is j+1); as a key, its value opens at quote j+2 and closes at quote j+3.
+    """
+    nobj, nq = len(opens), len(qpos)
+    none = np.full(nobj, -1, dtype=_I64)
+    if nq < 2:
+        return np.zeros(nobj, dtype=bool), none, none
+    q = np.append(qpos, (len(full) - 1,) * 3)  # sentinels: j+3 always indexes
+    gap = q[1 : nq + 1] - q[:nq]  # distance to the next quote
+    first = full[q[:nq] + 1]
+    # Cheap prefilter on (distance, first byte), then 4-byte windows on the few left.
+    (cand,) = np.nonzero(
+        ((gap == 4) & (first == 0x73))
+        | ((gap == 5) & (first == 0x70))
+        | ((gap == 3) & (first == 0x65))
     )
-    c_sym, c_pair, c_ev, c_p = is_sym[cand], is_pair[cand], is_ev[cand], is_p[cand]
-    bad[omsg[cobj[(c_sym | c_pair) & ~gap_ok]]] = True  # sym/pair not a string-valued key
-    value_tok = np.full((4, nobj), -1, dtype=_I64)
-    for row, kind in enumerate((c_sym, c_pair, c_ev, c_p)):
-        hit = kind & gap_ok
-        value_tok[row, cobj[hit]] = nxt[hit]
-        dup = np.bincount(cobj[hit], minlength=nobj) > 1
-        if row == 3:
-            dup_p = dup  # a second "p" key matters only in a forex quote, decided below
-        else:
-            bad[omsg[dup]] = True
-    sym_tok, pair_tok, ev_tok, p_tok = value_tok
-    has_ev = ev_tok >= 0
-    ev_at = qo[np.where(has_ev, ev_tok, 0)] + 1
-    status = has_ev & ((_windows(buf, "<u8")[ev_at] & np.uint64(_MASK7)) == _STATUS_Q)
-    forex = has_ev & ((_windows(buf, "<u2")[ev_at]) == _C_Q)
-    tok = np.where(sym_tok >= 0, sym_tok, pair_tok)
-    use_p = (tok < 0) & forex
-    bad[omsg[use_p & dup_p]] = True
-    tok = np.where(use_p, p_tok, tok)
-    tok[status] = -1
-    safe = np.maximum(tok, 0)
-    sym_start = qo[safe] + 1
-    sym_len = np.where(tok >= 0, qc[safe] - sym_start, -1)
+    word = _windows(buf, "<u4")[q[cand] + 1]
+    kind = np.select([word == _SYM_Q, word == _PAIR, (word & _MASK3) == _EV_Q], [0, 1, 2], -1)
+    cand, kind = cand[kind >= 0], kind[kind >= 0]
+    cobj = np.searchsorted(opens, q[cand], side="right") - 1
+    # An occurrence outside every object sits in a separator: its message is already bad.
+    inside = (cobj >= 0) & (q[cand] < closes[np.maximum(cobj, 0)])
+    cand, kind, cobj = cand[inside], kind[inside], cobj[inside]
+    close = closes[cobj]
+    # Rule 4a/4b overlaps: the same name at consecutive quotes ("sym"sym").
+    overlap = (cand[1:] == cand[:-1] + 1) & (kind[1:] == kind[:-1]) & (kind[1:] <= 1)
+    bad[omsg[cobj[1:][overlap]]] = True
+    per_name = np.bincount(cobj * 3 + kind, minlength=3 * nobj).reshape(nobj, 3)
+    keyed = _key_gaps(full, q, cand)
+    v_open, v_close = q[cand + 2], q[cand + 3]
+    # Rule 4a: sym and pair once per object, keys, value closing inside the object.
+    named = kind <= 1
+    bad[omsg[cobj[named & ~(keyed & (v_close < close))]]] = True
+    bad[omsg[(per_name[:, :2] > 1).any(axis=1)]] = True
+    use = np.full(nobj, -1, dtype=_I64)  # quote index of the chosen value's opening quote
+    for k in (1, 0):  # pair first so that sym overwrites it: sym wins (rule placement)
+        hit = kind == k
+        use[cobj[hit]] = cand[hit] + 2
+    # Rule 4b: an ev matters only as a key whose value is status or C.
+    ev = kind == 2
+    v_at = np.minimum(v_open[ev] + 1, len(full) - 8)
+    is_status = (_windows(buf, "<u8")[v_at] & np.uint64(_MASK7)) == _STATUS_Q
+    is_forex = _windows(buf, "<u2")[v_at] == _C_Q
+    ev_obj = cobj[ev]
+    hot = keyed[ev] & (is_status | is_forex)
+    bad[omsg[ev_obj[hot][per_name[ev_obj[hot], 2] > 1]]] = True
+    status = np.zeros(nobj, dtype=bool)
+    forex = np.zeros(nobj, dtype=bool)
+    status[ev_obj[hot & is_status]] = True
+    forex[ev_obj[hot & is_forex]] = True
+    use[status] = -1
+    need_p = np.flatnonzero(forex & (use < 0) & ~status)
+    if len(need_p):
+        use[need_p] = _forex_p(full, bad, q, nq, gap, first, opens, closes, omsg, need_p)
+    safe = np.maximum(use, 0)
+    sym_len = np.where(use >= 0, q[safe + 1] - q[safe] - 1, -1)
     bad[omsg[sym_len > MAX_FAST_SYMBOL]] = True
-    return status, sym_start, sym_len
+    return status, q[safe] + 1, sym_len
+
+
+def _key_gaps(full, q, occ) -> np.ndarray:
+    """For occurrences starting at quotes ``occ``: is the gap to quote occ+2 exactly ws : ws?"""
+    return _gaps_hold_one(full, q[occ + 1] + 1, q[occ + 2], 0x3A)
+
+
+def _forex_p(full, bad, q, nq, gap, first, opens, closes, omsg, objs) -> np.ndarray:
+    """Rule 4c: the value's opening quote index of ``"p"`` in forex quotes ``objs`` (-1: none)."""
+    (occ,) = np.nonzero((gap == 2) & (first == 0x70))
+    pobj = np.searchsorted(opens, q[occ], side="right") - 1
+    mine = np.isin(pobj, objs) & (q[occ] < closes[np.maximum(pobj, 0)])
+    occ, pobj = occ[mine], pobj[mine]
+    once = np.bincount(pobj, minlength=len(opens)) == 1
+    bad[omsg[objs[np.bincount(pobj, minlength=len(opens))[objs] > 1]]] = True
+    keyed = _key_gaps(full, q, occ) & once[pobj]
+    closing_inside = q[occ + 3] < closes[pobj]
+    bad[omsg[pobj[keyed & ~closing_inside]]] = True
+    out = np.full(len(opens), -1, dtype=_I64)
+    out[pobj[keyed]] = occ[keyed] + 2
+    return out[objs]
 
 
 def _hash_symbols(buf, starts, lengths, npipes, vector_pipes):
@@ -239,13 +298,14 @@ def route_numpy(
     sizes = [memoryview(p).nbytes for p in payloads]
     buf = b"".join([*payloads, _PAD])
     total = len(buf) - len(_PAD)
-    body = np.frombuffer(buf, np.uint8, count=total)
+    full = np.frombuffer(buf, np.uint8)
+    body = full[:total]
     mend = np.cumsum(np.array(sizes, dtype=_I64))
     mstart = mend - np.array(sizes, dtype=_I64)
     bad, qpos, bpos, bmsg = _check_messages(body, mstart, mend)
     opens, closes, omsg = bpos[0::2], bpos[1::2], bmsg[0::2]
-    _check_separators(body, bad, opens, closes, omsg, mstart, mend)
-    status, sym_start, sym_len = _find_instruments(buf, body, bad, qpos, opens, closes, omsg)
+    _check_separators(full, bad, opens, closes, omsg, mstart, mend)
+    status, sym_start, sym_len = _find_instruments(buf, full, bad, qpos, opens, closes, omsg)
     decoded: list[tuple[int, dict]] = []
     for i in np.flatnonzero(status & ~bad[omsg]).tolist():
         try:  # rule 6
