@@ -8,7 +8,9 @@ shorter than 64 KiB has a header ending in two zero bytes, and JSON text never h
 so `b"\\x00\\x00{"` occurs exactly once per record and bytes.count finds them at memchr speed.
 (Pinned by tests/pipes/test_count_worker.py; `--verify` walks the headers instead.) With
 `--progress FILE` the running total is kept in an 8-byte little-endian counter at the start of
-FILE (mmap'd), so a harness can watch it without a pipe of its own. With `--latency` every record
+FILE (mmap'd), followed by the CLOCK_MONOTONIC seconds of the first and the latest record (two
+float64) and the per-pipe counts (uint64 each), so a harness can watch it, and read the result
+even from a balancer whose pipes never reach EOF, without a pipe of its own. With `--latency` every record
 is parsed for its `"q"` (the trade's sequence number) and stamped with CLOCK_MONOTONIC on
 arrival; --out then holds those pairs.
 """
@@ -29,6 +31,21 @@ from tb.pipes.errors import PipeError
 from tb.pipes.reader import fds_from_env, read_records
 
 _MARK = b"\x00\x00{"
+
+
+def _publish(progress: mmap.mmap, total: int, first: float, last: float, i: int, n: int) -> None:
+    struct.pack_into("<Qdd", progress, 0, total, first, last)
+    struct.pack_into("<Q", progress, 24 + 8 * i, n)
+
+
+def read_progress(buf, npipes: int) -> tuple[int, float, float, list[int]]:
+    """(total, first, last, per_pipe) from a --progress file's bytes."""
+    total, first, last = struct.unpack_from("<Qdd", buf, 0)
+    return total, first, last, list(struct.unpack_from(f"<{npipes}Q", buf, 24))
+
+
+def progress_size(npipes: int) -> int:
+    return 24 + 8 * npipes
 
 
 def count(fds: list[int], progress: mmap.mmap | None) -> dict:
@@ -62,7 +79,7 @@ def count(fds: list[int], progress: mmap.mmap | None) -> dict:
             if not first:
                 first = last
             if progress is not None:
-                struct.pack_into("<Q", progress, 0, total)
+                _publish(progress, total, first, last, i, records[i])
     poller.close()
     return {"records": total, "per_pipe": records, "bytes": nbytes, "first": first, "last": last}
 
@@ -91,7 +108,7 @@ def count_exactly(fds: list[int], progress: mmap.mmap | None, latency: bool) -> 
         if not first:
             first = last
         if progress is not None:
-            struct.pack_into("<Q", progress, 0, total)
+            _publish(progress, total, first, last, pipe, records[pipe])
     out = {"records": total, "per_pipe": records, "bytes": nbytes, "first": first, "last": last}
     if latency:
         out["stamps"] = stamps
@@ -116,10 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     progress = None
     if args.progress:
+        size = progress_size(len(fds))
         with open(args.progress, "wb") as f:
-            f.write(b"\0" * 8)
+            f.write(b"\0" * size)
         handle = open(args.progress, "r+b")  # noqa: SIM115 (kept open with the mmap)
-        progress = mmap.mmap(handle.fileno(), 8)
+        progress = mmap.mmap(handle.fileno(), size)
     try:
         if args.latency or args.verify:
             summary = count_exactly(fds, progress, args.latency)
