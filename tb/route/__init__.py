@@ -87,7 +87,7 @@ class Router:
 
     def route_python(self, payloads: Sequence[bytes | bytearray | memoryview]) -> RouteBatch:
         """Route one batch with the pure-Python path."""
-        batch = route_python(payloads, self.npipes, self._pipe_of)
+        batch = route_python(payloads, self.npipes, self._pipe_of, self._cache)
         self.totals.add(batch)
         return batch
 

@@ -19,8 +19,8 @@ __all__ = ["route_python"]
 
 _WS = rb"[ \t\n\r]*"
 _WS_BYTES = b" \t\n\r"
-# Rule 1: a backslash, a control byte other than tab/newline/CR, or a non-ASCII byte.
-_BAD_BYTE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\\\x80-\xff]")
+# Rule 1 (with isascii and no backslash): what is left after deleting these is a control byte.
+_ALLOWED = bytes(range(32, 128)) + b"\t\n\r"
 # Rule 4: after a key, ws : ws and the value's opening quote.
 _TO_VALUE = re.compile(_WS + b":" + _WS + b'"')
 _LEN = struct.Struct("<I").pack
@@ -75,33 +75,103 @@ def _forex_p(msg: bytes, start: int, end: int) -> tuple[int, int]:
     return (-2, -2) if v_end == -1 else (v, v_end)
 
 
-def _scan_fast(msg: bytes, pipe_of: Callable[[bytes], int]):
+def _scan_uniform(msg: bytes, start: int, pipe_of, cache: dict[bytes, int]):
+    """The common case, fast: stocks objects (no pair, no status, no forex quote) with ONE
+    separator style throughout, cut with a single bytes.split. Same rules as _scan_fast, which
+    takes over (returning the same verdict) whenever this returns None."""
+    end = msg.rfind(b"}")
+    first_end = msg.find(b"}", start)
+    after = msg.find(b"{", start + 1)
+    if after == -1:
+        sep = b""
+        pieces = [msg[start + 1 : end]]
+    elif first_end < after and msg[first_end + 1 : after].strip(_WS_BYTES) == b",":
+        sep = msg[first_end : after + 1]
+        pieces = msg[start + 1 : end].split(sep)
+    else:
+        return None
+    nobj = len(pieces)
+    # Rules 2-3: with one { and } per piece boundary and no others, the objects are flat and
+    # separated by `sep` alone (test_router.py: whitespace, nested, mixed separators).
+    if msg.count(b"{") != nobj or msg.count(b"}") != nobj:
+        return None
+    if msg[end + 1 :].strip(_WS_BYTES) != b"]":
+        return None
+    records: list[tuple[int, int, int]] = []
+    no_symbol = 0
+    step = len(sep)
+    at_obj = start
+    for piece in pieces:
+        if piece.count(b'"') & 1:  # rule 2: a brace of ours would sit inside a string
+            return None
+        at = piece.find(b'"sym"')
+        if at == -1:
+            no_symbol += 1
+        else:
+            if piece.startswith(b':"', at + 5):
+                sym = at + 7
+            else:
+                m = _TO_VALUE.match(piece, at + 5)
+                if m is None:
+                    return None
+                sym = m.end()
+            sym_end = piece.find(b'"', sym)
+            if sym_end == -1 or sym_end - sym > MAX_FAST_SYMBOL:
+                return None
+            key = piece[sym:sym_end]
+            pipe = cache.get(key)
+            records.append(
+                (at_obj, at_obj + len(piece) + 2, pipe_of(key) if pipe is None else pipe)
+            )
+        at_obj += len(piece) + step
+    if msg.count(b'"sym"') != len(records):  # rule 4a: one occurrence per object
+        return None
+    return records, [], no_symbol
+
+
+def _scan_fast(msg: bytes, pipe_of: Callable[[bytes], int], cache: dict[bytes, int]):
     """(records, statuses, no_symbol) for a message the fast rules place, else None."""
-    start = msg.find(b"{")
-    if start == -1 or _BAD_BYTE.search(msg) is not None or msg[:start].strip(_WS_BYTES) != b"[":
+    find, count = msg.find, msg.count
+    start = find(b"{")
+    # Rule 1: isascii and `in` are C loops; deleting every allowed byte leaves the bad ones.
+    if start == -1 or not msg.isascii() or b"\\" in msg or msg.translate(None, _ALLOWED):
+        return None
+    if msg[:start].strip(_WS_BYTES) != b"[":
         return None
     if b'"sym"sym"' in msg or b'"pair"pair"' in msg:  # rule 4a: overlapping occurrences
         return None
-    records: list[tuple[int, int, int]] = []
-    statuses: list[tuple[int, dict]] = []
-    no_symbol = n_sym = n_pair = 0
     has_pair = b'"pair"' in msg
     # Without the bytes "status" or "C" no ev can be interesting (rule 4b): skip the look-up.
     ev_matters = b'"status"' in msg or b'"C"' in msg
+    if not has_pair and not ev_matters:
+        uniform = _scan_uniform(msg, start, pipe_of, cache)
+        if uniform is not None:
+            return uniform
+    records: list[tuple[int, int, int]] = []
+    statuses: list[tuple[int, dict]] = []
+    no_symbol = n_sym = n_pair = kind = 0
     while True:
-        end = msg.find(b"}", start)
-        after = msg.find(b"{", start + 1)
+        end = find(b"}", start)
+        after = find(b"{", start + 1)
         # Rules 2-3: flat (no { before this }), and no } inside a string (even quotes so far).
-        if end == -1 or after != -1 and after < end or msg.count(b'"', start, end) & 1:
+        if end == -1 or -1 < after < end or count(b'"', start, end) & 1:
             return None
         end += 1
-        kind, refuse = _interesting_ev(msg, start, end) if ev_matters else (0, False)
-        if refuse:
-            return None
-        sym, sym_end = _string_value(msg, start, end, b'"sym"')
-        if sym == -2:
-            return None
-        n_sym += sym >= 0
+        if ev_matters:
+            kind, refuse = _interesting_ev(msg, start, end)
+            if refuse:
+                return None
+        sym = sym_end = -1
+        at = find(b'"sym"', start, end)
+        if at != -1:  # rule 4a, inlined for the common case
+            if msg[at + 5] == _COLON and msg[at + 6] == _QUOTE:
+                sym = at + 7
+            else:
+                sym = _value(msg, at + 5, end)
+            sym_end = find(b'"', sym, end) if sym != -1 else -1
+            if sym_end == -1:
+                return None
+            n_sym += 1
         if has_pair:
             pair, pair_end = _string_value(msg, start, end, b'"pair"')
             if pair == -2:
@@ -122,36 +192,41 @@ def _scan_fast(msg: bytes, pipe_of: Callable[[bytes], int]):
             if sym >= 0:
                 if sym_end - sym > MAX_FAST_SYMBOL:
                     return None
-                records.append((start, end, pipe_of(msg[sym:sym_end])))
+                key = msg[sym:sym_end]
+                pipe = cache.get(key)
+                records.append((start, end, pipe_of(key) if pipe is None else pipe))
             else:
                 no_symbol += 1
         if after == -1:
             if msg[end:].strip(_WS_BYTES) != b"]":
                 return None
             break
-        if (
-            not (after == end + 1 and msg[end] == _COMMA)
-            and msg[end:after].strip(_WS_BYTES) != b","
-        ):
+        if (after != end + 1 or msg[end] != _COMMA) and msg[end:after].strip(_WS_BYTES) != b",":
             return None
         start = after
     # Rule 4a: one occurrence per object, seen as: all of the message's are the ones found.
-    if msg.count(b'"sym"') != n_sym or has_pair and msg.count(b'"pair"') != n_pair:
+    if count(b'"sym"') != n_sym or has_pair and count(b'"pair"') != n_pair:
         return None
     return records, statuses, no_symbol
 
 
 def route_python(
-    payloads: Sequence[bytes | bytearray | memoryview], npipes: int, pipe_of: Callable[[bytes], int]
+    payloads: Sequence[bytes | bytearray | memoryview],
+    npipes: int,
+    pipe_of: Callable[[bytes], int],
+    cache: dict[bytes, int],
 ) -> RouteBatch:
-    """Route a batch object by object (see tb.route.Router.route_python)."""
+    """Route a batch object by object (see tb.route.Router.route_python).
+
+    ``pipe_of`` maps a symbol to its pipe; ``cache`` is a dict it fills, read here directly.
+    """
     runs: list[bytearray | None] = [None] * npipes
     counts = [0] * npipes
     batch = RouteBatch(runs=runs, counts=counts)  # type: ignore[arg-type]
     statuses = batch.statuses
     for index, payload in enumerate(payloads):
         msg = payload if isinstance(payload, bytes) else bytes(payload)
-        fast = _scan_fast(msg, pipe_of)
+        fast = _scan_fast(msg, pipe_of, cache)
         if fast is not None:
             records, found, no_symbol = fast
         else:

@@ -80,6 +80,16 @@ def test_whitespace_is_fast_and_exact(text):
     assert batch.fallback == 0
 
 
+@pytest.mark.parametrize("seps", [[","], [", "], [",\n  "], [",", ", "], [", ", ",", ",\t"]])
+def test_separators_uniform_and_mixed(seps):
+    objs = [b'{"ev":"T","sym":"S%d","p":%d}' % (i % 3, i) for i in range(7)]
+    text = objs[0] + b"".join(seps[i % len(seps)].encode() + o for i, o in enumerate(objs[1:]))
+    batch = route_both([b"[" + text + b"]"])
+    assert batch.fallback == 0 and batch.routed == 7
+    for k in range(3):
+        assert run_of(batch, b"S%d" % k) == b"".join(record(o) for o in objs[k::3])
+
+
 def test_every_key_order():
     trade = {"ev": "T", "sym": "MSFT", "i": "77", "x": 4, "p": 410.25, "c": [12, 37], "t": 17}
     payloads, objs = [], []

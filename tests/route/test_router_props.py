@@ -71,7 +71,11 @@ def feeds(draw, garbage: bool) -> list:
         objs = draw(st.lists(events(clean), max_size=draw(st.sampled_from([1, 4, 12]))))
         texts = [draw(serialized(o)) for o in objs]
         a, b = draw(WS), draw(WS)
-        message = (a + "[" + b + ("," + b).join(texts) + b + "]" + a).encode()
+        if draw(st.booleans()):  # one separator style per message, or one per gap
+            body = ("," + b).join(texts)
+        else:
+            body = "".join(t if i == 0 else "," + draw(WS) + t for i, t in enumerate(texts))
+        message = (a + "[" + b + body + b + "]" + a).encode()
         if garbage and draw(st.integers(0, 4)) == 0:
             cut = draw(st.integers(0, max(len(message) - 1, 0)))
             message = draw(
