@@ -34,6 +34,8 @@ __all__ = [
 
 log = logging.getLogger("tb.transport")
 
+TLS_MODES = ("auto", "ktls", "userspace")
+
 
 class TransportError(Exception):
     """The connection could not be made or broke."""
@@ -160,6 +162,14 @@ def connect(
         TLSVerifyError: the certificate did not verify.
     """
     use_tls = url.tls if tls is None else tls
+    if use_tls and tls_mode not in TLS_MODES:
+        raise ValueError(f"tls_mode must be one of {', '.join(TLS_MODES)}, got {tls_mode!r}")
+    if use_tls and tls_mode == "ktls":
+        from tb.ktls import kernel_missing
+
+        why_not = kernel_missing()
+        if why_not:  # before connecting: no point in a handshake that cannot be used
+            raise KTLSUnavailableError(f"--tls ktls: {why_not}")
     try:
         sock = socket.create_connection((url.host, url.port), timeout=timeout)
     except socket.gaierror as exc:
@@ -183,16 +193,10 @@ def connect(
     return _tls_connect(sock, url, tls_mode=tls_mode, cafile=cafile, insecure=insecure)
 
 
-TLS_MODES = ("auto", "ktls", "userspace")
-
-
 def _tls_connect(
     sock: socket.socket, url: FeedURL, *, tls_mode: str, cafile: str | None, insecure: bool
 ) -> Transport:
     """Handshake on the connected `sock`, then pick kernel or userspace TLS (one log line why)."""
-    if tls_mode not in TLS_MODES:
-        sock.close()
-        raise ValueError(f"tls_mode must be one of {', '.join(TLS_MODES)}, got {tls_mode!r}")
     from tb import ktls
 
     # One context per connection: its key log (TLS 1.3 kTLS) then holds this connection's

@@ -12,17 +12,18 @@ On a kernel without kTLS they skip with that command as the reason; inside the V
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import os
 import re
 import select
 import socket
 import ssl
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import harness as e2e  # tests/harness.py: real tb processes on loopback
 import pytest
 
 from tb import ktls
@@ -35,12 +36,6 @@ SKIP_REASON = (
     "python3 tools/ktlsvm.py -- python3 -m pytest -m ktls"
 )
 TIMEOUT = 30.0
-
-_spec = importlib.util.spec_from_file_location(
-    "tb_e2e_helpers", Path(__file__).parent / "e2e" / "conftest.py"
-)
-e2e = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(e2e)
 
 
 def skip_or_fail(reason: str) -> None:
@@ -384,10 +379,85 @@ def test_hkdf_expand_label_matches_rfc8448():
 # ----------------------------------------------------------------------------- tb run over wss
 
 
-def have_tls_replay() -> bool:
-    import subprocess
+class WssReplay(e2e.Replay):
+    """`tb replay --tls-...` as a subprocess, with its own OpenSSL configuration (`env`)."""
 
-    r = subprocess.run(
-        [sys.executable, "-m", "tb", "replay", "--help"], capture_output=True, text=True
+    def __init__(self, *args: str, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            e2e.tb_cmd("replay", "--listen", "127.0.0.1:0", *args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **env},
+        )
+        line = self.proc.stdout.readline()
+        m = re.search(r"listening on (wss://\S+)", line)
+        if not m:
+            self.proc.kill()
+            raise RuntimeError(f"replay did not start: {line!r} {self.proc.stderr.read()}")
+        self.url = m.group(1)
+
+
+@pytest.fixture(scope="module")
+def feed(ktls_kernel, tmp_path_factory):
+    from tb.capture import read_capture
+
+    cap = tmp_path_factory.mktemp("feed") / "feed.tbcap"
+    proc = e2e.run_tb(["gen", str(cap), "--trades", "8000", "--symbols", "1500", "--seed", "5"])
+    assert proc.returncode == 0, proc.stderr
+    return cap, list(read_capture(str(cap)))
+
+
+OPENSSL_CONF = """openssl_conf = openssl_init
+[openssl_init]
+ssl_conf = ssl_sect
+[ssl_sect]
+system_default = system_default_sect
+[system_default_sect]
+{settings}
+"""
+
+# What the replay server allows (through OPENSSL_CONF, which Python's ssl honours) -> what the
+# client must end up with.
+SERVER_TLS = {
+    "1.3-aes256": ("", "TLSv1.3 TLS_AES_256_GCM_SHA384: kernel TLS, AES-256-GCM"),
+    "1.3-chacha": (
+        "Ciphersuites = TLS_CHACHA20_POLY1305_SHA256",
+        "TLSv1.3 TLS_CHACHA20_POLY1305_SHA256: kernel TLS, ChaCha20-Poly1305",
+    ),
+    "1.2-aes256": ("MaxProtocol = TLSv1.2", "TLSv1.2 ECDHE-ECDSA-AES256-GCM-SHA384: kernel TLS"),
+}
+
+
+@pytest.mark.parametrize(
+    "tls,server_ktls",
+    [("1.3-aes256", False), ("1.3-aes256", True), ("1.3-chacha", True), ("1.2-aes256", True)],
+    ids=["1.3-aes256-replay-userspace", "1.3-aes256-replay-ktls", "1.3-chacha-replay-ktls",
+         "1.2-aes256-replay-ktls"],
+)  # fmt: skip
+def test_tb_run_over_wss_with_ktls_delivers_every_trade(tmp_path, ca, feed, tls, server_ktls):
+    server_pem, ca_pem = ca
+    cap, payloads = feed
+    conf = tmp_path / "openssl.cnf"
+    settings, expect = SERVER_TLS[tls]
+    conf.write_text(OPENSSL_CONF.format(settings=settings))
+    args = [str(cap), "--close-after", "--tls-cert", str(server_pem)]
+    replay = WssReplay(
+        *args, *(["--tls-ktls"] if server_ktls else []), env={"OPENSSL_CONF": str(conf)}
     )
-    return r.returncode == 0 and "--tls-cert" in r.stdout
+    try:
+        log = tmp_path / "log.jsonl"
+        proc = e2e.run_tb(
+            ["run", replay.url + "/stocks", "--pipes", "3", "--key", "k", "--once",
+             "--tls", "ktls", "--cafile", str(ca_pem), "--workdir", str(tmp_path),
+             "--shutdown-timeout", "200",  # the verifying worker is slow under TCG
+             "--", sys.executable, e2e.VERIFY_WORKER, str(log)],
+            timeout=240,
+        )  # fmt: skip
+    finally:
+        replay.stop()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    e2e.check_delivery(e2e.read_log(log), payloads, 3)
+    chosen = [line for line in proc.stderr.splitlines() if "tb.transport INFO: TLS " in line]
+    assert len(chosen) == 1 and expect in chosen[0], chosen
+    assert "Traceback" not in proc.stderr
