@@ -41,18 +41,20 @@ def make_messages(n: int, per_message: tuple[int, int], spaced: bool, seed: int 
     weights = [1 / (rank + 1) for rank in range(len(syms))]  # Zipf-like: a few tickers dominate
     sep = b", " if spaced else b","
     return [
-        b"[" + sep.join(make_trade(rng, syms, weights, spaced) for _ in range(rng.randint(*per_message))) + b"]"
+        b"["
+        + sep.join(make_trade(rng, syms, weights, spaced) for _ in range(rng.randint(*per_message)))
+        + b"]"
         for _ in range(n)
     ]
 
 
 def per_trade_us(fn, batch: list, trades: int, min_time: float) -> float:
     fn(batch)  # warm up (caches, allocator)
-    loops, start = 0, time.perf_counter()
+    loops, start = 0, time.process_time()
     while True:
         fn(batch)
         loops += 1
-        elapsed = time.perf_counter() - start
+        elapsed = time.process_time() - start
         if elapsed >= min_time:
             return elapsed / loops / trades * 1e6
 

@@ -20,8 +20,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from .batch import MAX_ERRORS, RouteBatch
-from .fast_rules import MAX_FAST_SYMBOL
+from .fast_rules import MAX_FAST_SYMBOL, WS
 from .hashing import fnv1a64_rows
+from .python_path import _value
 from .slow import route_slowly
 
 __all__ = ["route_numpy"]
@@ -29,6 +30,7 @@ __all__ = ["route_numpy"]
 # Zero bytes after the joined payloads: fixed-width windows starting inside the batch never read
 # past the buffer (rows are masked to the symbol's length; copies stay inside records).
 _PAD = bytes(64)
+_WS = WS
 _COPY_WIDTH = 64  # bytes per row copy when building the output (measured: 32 < 64 ~ 128)
 _I64 = np.int64
 
@@ -37,9 +39,8 @@ def _le(text: bytes) -> int:
     return int.from_bytes(text, "little")
 
 
-_SYM_Q, _PAIR = _le(b'sym"'), _le(b"pair")
-_EV_Q, _STATUS_Q, _C_Q = _le(b'ev"'), _le(b'status"'), _le(b'C"')
-_MASK3, _MASK7 = 0xFFFFFF, (1 << 56) - 1
+_STATUS_Q, _C_Q = _le(b'status"'), _le(b'C"')
+_MASK7 = (1 << 56) - 1
 
 
 def _windows(buf: bytes | bytearray, dtype: np.dtype | type) -> np.ndarray:
@@ -94,7 +95,7 @@ def _gaps_hold_one(full: np.ndarray, starts, ends, want) -> np.ndarray:
 
 
 def _check_messages(body, mstart, mend):
-    """Rules 1-3 per message; returns (bad per message, quote and brace positions of the rest)."""
+    """Rules 1-3 per message; returns (bad per message, brace positions and their message)."""
     nmsg = len(mstart)
     bad = np.zeros(nmsg, dtype=bool)
     # Rule 1. Such bytes are rare, so one any() usually settles it; only then locate them.
@@ -106,28 +107,24 @@ def _check_messages(body, mstart, mend):
         v = body[at]
         at = at[(v >= 128) | (v == 92) | ((v != 9) & (v != 10) & (v != 13))]
         bad[np.searchsorted(mend, at, side="right")] = True
-    qpos = np.flatnonzero(body == 34)
     brace = body == 123
     brace |= body == 125
     bpos = np.flatnonzero(brace)
-    q_first = np.searchsorted(qpos, mstart)  # index of each message's first quote
-    q_count = np.searchsorted(qpos, mend) - q_first
     b_first = np.searchsorted(bpos, mstart)
     b_count = np.searchsorted(bpos, mend) - b_first
-    bad |= ((q_count | b_count) & 1).astype(bool) | (b_count == 0)
+    bad |= (b_count & 1).astype(bool) | (b_count == 0)
     bmsg = np.repeat(np.arange(nmsg), b_count)
-    # A brace after an odd number of its message's quotes sits inside a string (rule 2).
-    in_string = (np.searchsorted(qpos, bpos) - q_first[bmsg]) & 1
     # Flat objects: the message's k-th brace is { for even k, } for odd k (rule 3).
     nth = np.arange(len(bpos)) - b_first[bmsg]
-    wrong = (body[bpos] == 123) != ((nth & 1) == 0)
-    bad[bmsg[(in_string == 1) | wrong]] = True
-    if bad.any():
-        good = ~bad
-        qpos = qpos[np.repeat(good, q_count)] if len(qpos) else qpos
-        keep_b = good[bmsg]
-        bpos, bmsg = bpos[keep_b], bmsg[keep_b]
-    return bad, qpos, bpos, bmsg
+    bad[bmsg[(body[bpos] == 123) != ((nth & 1) == 0)]] = True
+    keep = ~bad[bmsg]
+    bpos, bmsg = bpos[keep], bmsg[keep]
+    if len(bpos):
+        # Rule 2: an even number of quotes inside each object; with no quote between objects
+        # (the separator check) that means no brace sits in a string. xor.reduceat = parity.
+        parity = np.bitwise_xor.reduceat((body == 34).view(np.uint8), bpos)[0::2]
+        bad[bmsg[0::2][parity == 1]] = True
+    return bad, bpos, bmsg
 
 
 def _check_separators(full, bad, opens, closes, omsg, mstart, mend) -> None:
@@ -149,88 +146,158 @@ def _check_separators(full, bad, opens, closes, omsg, mstart, mend) -> None:
     bad[owner[~_gaps_hold_one(full, starts, ends, want)]] = True
 
 
-def _find_instruments(buf, full, bad, qpos, opens, closes, omsg):
-    """Rules 4-5 per object: (status?, symbol start, symbol length or -1). Marks bad messages.
+class _Words:
+    """Pattern search over the batch: four uint32 views at byte offsets 0-3 hold every 4-byte
+    window once, so one compare per view (plus any()/nonzero) finds a 4-byte head anywhere
+    (test_router_props: every placement, both paths)."""
 
-    Works on raw quote positions q: an occurrence of ``"N"`` starts at some quote j (its closing
-    quote is j+1); as a key, its value opens at quote j+2 and closes at quote j+3.
-    """
-    nobj, nq = len(opens), len(qpos)
-    none = np.full(nobj, -1, dtype=_I64)
-    if nq < 2:
-        return np.zeros(nobj, dtype=bool), none, none
-    q = np.append(qpos, (len(full) - 1,) * 3)  # sentinels: j+3 always indexes
-    gap = q[1 : nq + 1] - q[:nq]  # distance to the next quote
-    first = full[q[:nq] + 1]
-    # Cheap prefilter on (distance, first byte), then 4-byte windows on the few left.
-    (cand,) = np.nonzero(
-        ((gap == 4) & (first == 0x73))
-        | ((gap == 5) & (first == 0x70))
-        | ((gap == 3) & (first == 0x65))
-    )
-    word = _windows(buf, "<u4")[q[cand] + 1]
-    kind = np.select([word == _SYM_Q, word == _PAIR, (word & _MASK3) == _EV_Q], [0, 1, 2], -1)
-    cand, kind = cand[kind >= 0], kind[kind >= 0]
-    cobj = np.searchsorted(opens, q[cand], side="right") - 1
-    # An occurrence outside every object sits in a separator: its message is already bad.
-    inside = (cobj >= 0) & (q[cand] < closes[np.maximum(cobj, 0)])
-    cand, kind, cobj = cand[inside], kind[inside], cobj[inside]
-    close = closes[cobj]
-    # Rule 4a/4b overlaps: the same name at consecutive quotes ("sym"sym").
-    overlap = (cand[1:] == cand[:-1] + 1) & (kind[1:] == kind[:-1]) & (kind[1:] <= 1)
-    bad[omsg[cobj[1:][overlap]]] = True
-    per_name = np.bincount(cobj * 3 + kind, minlength=3 * nobj).reshape(nobj, 3)
-    keyed = _key_gaps(full, q, cand)
-    v_open, v_close = q[cand + 2], q[cand + 3]
-    # Rule 4a: sym and pair once per object, keys, value closing inside the object.
-    named = kind <= 1
-    bad[omsg[cobj[named & ~(keyed & (v_close < close))]]] = True
-    bad[omsg[(per_name[:, :2] > 1).any(axis=1)]] = True
-    use = np.full(nobj, -1, dtype=_I64)  # quote index of the chosen value's opening quote
-    for k in (1, 0):  # pair first so that sym overwrites it: sym wins (rule placement)
-        hit = kind == k
-        use[cobj[hit]] = cand[hit] + 2
-    # Rule 4b: an ev matters only as a key whose value is status or C.
-    ev = kind == 2
-    v_at = np.minimum(v_open[ev] + 1, len(full) - 8)
-    is_status = (_windows(buf, "<u8")[v_at] & np.uint64(_MASK7)) == _STATUS_Q
-    is_forex = _windows(buf, "<u2")[v_at] == _C_Q
-    ev_obj = cobj[ev]
-    hot = keyed[ev] & (is_status | is_forex)
-    bad[omsg[ev_obj[hot][per_name[ev_obj[hot], 2] > 1]]] = True
+    def __init__(self, buf: bytes, total: int, opens: np.ndarray, closes: np.ndarray) -> None:
+        self.buf, self.total, self.opens, self.closes = buf, total, opens, closes
+        self.full = np.frombuffer(buf, np.uint8)
+        self.views = [
+            np.frombuffer(buf, "<u4", count=(total - k) // 4, offset=k)
+            if total - k >= 4
+            else np.zeros(0, np.uint32)
+            for k in range(4)
+        ]
+
+    def _heads(self, pattern: bytes) -> list[np.ndarray]:
+        return [v == _le(pattern[:4]) for v in self.views]
+
+    def _verify(self, pos: np.ndarray, pattern: bytes) -> np.ndarray:
+        for i in range(4, len(pattern)):
+            pos = pos[self.full[pos + i] == pattern[i]]
+        return pos[pos + len(pattern) <= self.total]
+
+    def occurrences(self, pattern: bytes):
+        """Every occurrence of ``pattern`` (overlapping too) inside an object: (pos, object)."""
+        empty = np.zeros(0, dtype=_I64)
+        if len(self.opens) == 0:
+            return empty, empty
+        if len(pattern) < 4:  # short and rare ("C", "p"): bytes.find finds them all
+            found, at = [], self.buf.find(pattern, 0, self.total)
+            while at != -1:
+                found.append(at)
+                at = self.buf.find(pattern, at + 1, self.total)
+            pos = np.array(found, dtype=_I64)
+        else:
+            heads = self._heads(pattern)
+            if not any(h.any() for h in heads):
+                return empty, empty
+            pos = np.sort(np.concatenate([np.flatnonzero(h) * 4 + k for k, h in enumerate(heads)]))
+        pos = self._verify(pos, pattern)
+        obj = np.searchsorted(self.opens, pos, side="right") - 1
+        # An occurrence outside every object sits in a separator: its message is already bad.
+        inside = (obj >= 0) & (pos + len(pattern) <= self.closes[np.maximum(obj, 0)])
+        return pos[inside], obj[inside]
+
+
+_ROW = 48  # bytes after a key examined at once when the gap is unusual (else: exactly)
+_ROW_T = np.dtype((np.void, _ROW))
+
+
+def _values(buf, full, key_end, close):
+    """For keys ending at ``key_end``: (keyed, value start, value end). Keyed means the bytes up
+    to the next quote are ws : ws; the value runs from there to the following quote (end -1
+    when that quote is not before the object's ``}`` at ``close``)."""
+    c0, c1, c2 = full[key_end], full[key_end + 1], full[key_end + 2]
+    # The two styles feeds use, decided from three bytes: ":" and ": " (test_router: styles).
+    compact = (c0 == 0x3A) & (c1 == 0x22)
+    spaced = (c0 == 0x3A) & (c1 == 0x20) & (c2 == 0x22)
+    keyed = compact | spaced
+    start = key_end + np.where(compact, 2, 3)
+    (other,) = np.nonzero(~keyed)
+    if len(other):
+        keyed[other], start[other] = _values_rows(buf, key_end[other], close[other])
+    end = np.full(len(key_end), -1, dtype=_I64)
+    (todo,) = np.nonzero(keyed)
+    at = start[todo]
+    for col in range(MAX_FAST_SYMBOL + 1):  # column by column: symbols are short
+        hit = full[at + col] == 0x22
+        end[todo[hit]] = at[hit] + col
+        todo, at = todo[~hit], at[~hit]
+        if not len(todo):
+            break
+    for i in todo.tolist():  # a value longer than any fast symbol: exactly, rarely
+        end[i] = buf.find(b'"', int(start[i]), int(close[i]))
+    end[end >= close] = -1
+    return keyed, start, end
+
+
+def _values_rows(buf, key_end, close):
+    """(keyed, value start) for keys whose gap is neither ":" nor ": ", from 48-byte rows."""
+    n = len(key_end)
+    rows = _windows(buf, _ROW_T)[key_end].view(np.uint8).reshape(n, _ROW)
+    is_q = rows == 0x22
+    fq = np.argmax(is_q, axis=1)
+    has_fq = is_q.any(axis=1)
+    prefix = np.arange(_ROW) < np.where(has_fq, fq, _ROW)[:, None]
+    colon = rows == 0x3A
+    stray = (prefix & ~colon & ~_is_ws(rows)).any(axis=1)
+    keyed = has_fq & ~stray & ((prefix & colon).sum(axis=1) == 1)
+    start = key_end + fq + 1
+    for i in np.flatnonzero(~has_fq & ~stray).tolist():  # 48 bytes of ws/colon: exactly
+        v = _value(buf, int(key_end[i]), int(close[i]) + 1)
+        keyed[i], start[i] = v != -1, v
+    return keyed, start
+
+
+def _ev_value(buf, open_at: int, c: int) -> bool:
+    """Is the string opening at quote ``c`` the value of an ``"ev"`` key (rule 4b, backwards:
+    the quote before it closes ``"ev"`` and only ws : ws lies between)?"""
+    q = buf.rfind(b'"', open_at, c)
+    return q - 3 > open_at and buf[q - 3 : q + 1] == b'"ev"' and buf[q + 1 : c].strip(_WS) == b":"
+
+
+def _named(words: _Words, bad, omsg, key: bytes):
+    """Rule 4a for ``key`` ("sym" or "pair"): (objects, value starts, value ends) of good ones."""
+    buf, full, opens, closes = words.buf, words.full, words.opens, words.closes
+    pos, obj = words.occurrences(key)
+    # "sym"sym": overlapping occurrences (the Python path tests for these bytes).
+    overlap = pos[1:] == pos[:-1] + len(key) - 1
+    bad[omsg[obj[1:][overlap]]] = True
+    bad[omsg[np.bincount(obj, minlength=len(opens)) > 1]] = True
+    keyed, start, end = _values(buf, full, pos + len(key), closes[obj])
+    bad[omsg[obj[~keyed | (end < 0)]]] = True
+    return obj, start, end
+
+
+def _find_instruments(buf, full, total, bad, opens, closes, omsg):
+    """Rules 4-5 per object: (status?, symbol start, symbol length or -1). Marks bad messages."""
+    nobj = len(opens)
+    sym_at = np.full(nobj, -1, dtype=_I64)
+    sym_end = np.full(nobj, -1, dtype=_I64)
+    words = _Words(buf, total, opens, closes)
+    for key in (b'"pair"', b'"sym"'):  # pair first, then sym overwrites it: sym wins
+        obj, start, end = _named(words, bad, omsg, key)
+        sym_at[obj], sym_end[obj] = start, end
     status = np.zeros(nobj, dtype=bool)
     forex = np.zeros(nobj, dtype=bool)
-    status[ev_obj[hot & is_status]] = True
-    forex[ev_obj[hot & is_forex]] = True
-    use[status] = -1
-    need_p = np.flatnonzero(forex & (use < 0) & ~status)
-    if len(need_p):
-        use[need_p] = _forex_p(full, bad, q, nq, gap, first, opens, closes, omsg, need_p)
-    safe = np.maximum(use, 0)
-    sym_len = np.where(use >= 0, q[safe + 1] - q[safe] - 1, -1)
+    # Rule 4b from the rare values' side: find "status" / "C", then look back for "ev".
+    for pattern, flags in ((b'"status"', status), (b'"C"', forex)):
+        pos, obj = words.occurrences(pattern)
+        for at, o in zip(pos.tolist(), obj.tolist(), strict=True):
+            if _ev_value(buf, int(opens[o]), at):
+                flags[o] = True
+    for o in np.flatnonzero(status | forex).tolist():
+        # An object with two "ev" occurrences, one of them interesting, is refused.
+        first = buf.find(b'"ev"', int(opens[o]), int(closes[o]))
+        if buf.find(b'"ev"', first + 1, int(closes[o])) != -1:
+            bad[omsg[o]] = True
+    sym_at[status] = -1
+    need_p = forex & (sym_at < 0) & ~status
+    if need_p.any():
+        # Rule 4c: "p" once in such an object; a key -> its value is the instrument.
+        pos, obj = words.occurrences(b'"p"')
+        mine = need_p[obj]
+        pos, obj = pos[mine], obj[mine]
+        bad[omsg[obj[np.bincount(obj, minlength=nobj)[obj] > 1]]] = True
+        keyed, start, end = _values(buf, full, pos + 3, closes[obj])
+        bad[omsg[obj[keyed & (end < 0)]]] = True
+        sym_at[obj[keyed]], sym_end[obj[keyed]] = start[keyed], end[keyed]
+    sym_len = np.where(sym_at >= 0, sym_end - sym_at, -1)
     bad[omsg[sym_len > MAX_FAST_SYMBOL]] = True
-    return status, q[safe] + 1, sym_len
-
-
-def _key_gaps(full, q, occ) -> np.ndarray:
-    """For occurrences starting at quotes ``occ``: is the gap to quote occ+2 exactly ws : ws?"""
-    return _gaps_hold_one(full, q[occ + 1] + 1, q[occ + 2], 0x3A)
-
-
-def _forex_p(full, bad, q, nq, gap, first, opens, closes, omsg, objs) -> np.ndarray:
-    """Rule 4c: the value's opening quote index of ``"p"`` in forex quotes ``objs`` (-1: none)."""
-    (occ,) = np.nonzero((gap == 2) & (first == 0x70))
-    pobj = np.searchsorted(opens, q[occ], side="right") - 1
-    mine = np.isin(pobj, objs) & (q[occ] < closes[np.maximum(pobj, 0)])
-    occ, pobj = occ[mine], pobj[mine]
-    once = np.bincount(pobj, minlength=len(opens)) == 1
-    bad[omsg[objs[np.bincount(pobj, minlength=len(opens))[objs] > 1]]] = True
-    keyed = _key_gaps(full, q, occ) & once[pobj]
-    closing_inside = q[occ + 3] < closes[pobj]
-    bad[omsg[pobj[keyed & ~closing_inside]]] = True
-    out = np.full(len(opens), -1, dtype=_I64)
-    out[pobj[keyed]] = occ[keyed] + 2
-    return out[objs]
+    return status, sym_at, sym_len
 
 
 def _hash_symbols(buf, starts, lengths, npipes, vector_pipes):
@@ -302,10 +369,10 @@ def route_numpy(
     body = full[:total]
     mend = np.cumsum(np.array(sizes, dtype=_I64))
     mstart = mend - np.array(sizes, dtype=_I64)
-    bad, qpos, bpos, bmsg = _check_messages(body, mstart, mend)
+    bad, bpos, bmsg = _check_messages(body, mstart, mend)
     opens, closes, omsg = bpos[0::2], bpos[1::2], bmsg[0::2]
     _check_separators(full, bad, opens, closes, omsg, mstart, mend)
-    status, sym_start, sym_len = _find_instruments(buf, full, bad, qpos, opens, closes, omsg)
+    status, sym_start, sym_len = _find_instruments(buf, full, total, bad, opens, closes, omsg)
     decoded: list[tuple[int, dict]] = []
     for i in np.flatnonzero(status & ~bad[omsg]).tolist():
         try:  # rule 6

@@ -1,0 +1,245 @@
+"""The span router: the hot path, for batches of feed-shaped messages, straight from the arena.
+
+Theory of operation. The balancer hands over the receive arena as a uint8 array and the payload
+spans of a batch of complete messages (int64 arrays, feed order). Nothing is copied or joined:
+
+1. Special bytes: one pass finds every byte outside 0x20..0x7F in the batch's region. Inside a
+   payload only tab/newline/CR may be among them (others: non-ASCII or control bytes -> the whole
+   batch goes the general way, which knows unicode and rejects invalid JSON); the rest lie in
+   frame headers.
+2. Object ends: one pass finds every "}" and keeps those inside a payload. Each must be followed
+   by "," or by the message's closing "]"; each object start is derived from the previous end
+   ("," then "{", or ", {") and checked, so braces need no second pass.
+3. Key layout: every object must open with the feed's own prefix, compact `{"ev":"X","sym":"` or
+   spaced `{"ev": "X", "sym": "` (X: 1-7 bytes). In valid JSON such a prefix cannot start inside
+   a string (its first quote would close the string, and `ev` cannot follow a string), and a "}"
+   inside a string is never followed by such a prefix -- so for valid JSON the split is exact.
+4. Symbols: 32 bytes after each prefix, as four words; the first quote ends the symbol (a backslash in it,
+   or no quote in the row, sends the batch the general way). FNV-1a-64 over the zero-padded rows.
+5. Output: stable argsort by pipe; records are copied in 64-byte rows, highest chunk first, each
+   pass in record order, so every row's spill past its record is overwritten by the rows written
+   after it; the u32 headers go in last. The runs are slices of one buffer.
+
+`route_spans` returns None whenever a batch is not feed-shaped (a status message, other key
+orders, escapes, unicode, nesting): the caller then routes the same messages with Router.route,
+whose output this path reproduces byte for byte (tests/route/test_spans.py pins it). A
+documented limit shared with Router's fast paths: the grammar between the tokens inside an object
+is not checked (an unbalanced quote inside an object is passed on as the feed sent it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from .batch import RouteBatch
+from .hashing import VECTOR_HASHES, fnv1a64_rows
+
+__all__ = ["route_spans", "SPAN_PAD", "ROW"]
+
+ROW = 128  # bytes per record row copy: ~45 ns per row whatever its width, and most trades fit
+SYM_ROW = 32  # symbol row width: longer symbols go the general way (as MAX_FAST_SYMBOL)
+SPAN_PAD = 256  # bytes the arena must have after the batch: row reads run past the last object
+
+_U64 = np.uint64
+
+
+def _le(text: bytes) -> int:
+    return int.from_bytes(text, "little")
+
+
+_COMPACT = _le(b'{"ev":"')  # 7 bytes
+_SPACED = _le(b'{"ev": "')  # 8 bytes
+_M7 = _U64((1 << 56) - 1)
+_SYM_COMPACT = _le(b',"sym":"')  # 8 bytes
+_SYM_SPACED = _le(b', "sym":')  # 8 bytes, then ' "'
+_SP_Q = _le(b' "')
+
+
+def _view(a: np.ndarray, dtype: type) -> np.ndarray:
+    """Element i = the itemsize bytes at a[i] (unaligned, overlapping, no copy)."""
+    size = np.dtype(dtype).itemsize
+    return np.ndarray((len(a) - size + 1,), dtype, buffer=a, strides=(1,))
+
+
+def _first_byte(words: np.ndarray, byte: int) -> np.ndarray:
+    """Index of the first `byte` in each row of little-endian uint64 words (8*ncols if none).
+
+    SWAR zero-byte test on word ^ pattern: its lowest flagged byte is exact (borrows only flag
+    bytes above a real zero), so counting the bits below the lowest flag gives the index."""
+    n, ncols = words.shape
+    found = np.full(n, 8 * ncols, dtype=np.int64)
+    pattern = _U64(0x0101010101010101 * byte)
+    for k in range(ncols - 1, -1, -1):
+        t = words[:, k] ^ pattern
+        flags = (t - _U64(0x0101010101010101)) & ~t & _U64(0x8080808080808080)
+        low = flags & (~flags + _U64(1))  # lowest set bit
+        idx = np.bitwise_count(low - _U64(1)).astype(np.int64) >> 3
+        found = np.where(flags != 0, 8 * k + idx, found)
+    return found
+
+
+def _header_positions(starts: np.ndarray, ends: np.ndarray, lo: int) -> np.ndarray:
+    """Every byte between one payload's end and the next payload's start (the frame headers)."""
+    gap_from = np.concatenate(([lo], ends[:-1]))
+    gap_len = starts - gap_from
+    total = int(gap_len.sum())
+    if total == 0:
+        return np.empty(0, dtype=np.int64)
+    return np.repeat(gap_from - (np.cumsum(gap_len) - gap_len), gap_len) + np.arange(total)
+
+
+def route_spans(
+    a: np.ndarray, starts: np.ndarray, ends: np.ndarray, npipes: int, hash_name: str = "mixed"
+) -> RouteBatch | None:
+    """Route the messages a[starts[i]:ends[i]]; None if the batch is not feed-shaped.
+
+    `a` must extend at least SPAN_PAD bytes beyond ends[-1].
+    """
+    nmsg = len(starts)
+    if nmsg == 0:
+        return None
+    lo, hi = int(starts[0]), int(ends[-1])
+    if len(a) < hi + SPAN_PAD:
+        return None
+    region = a[lo:hi]
+    # 1. bytes outside 0x20..0x7F inside payloads: min/max of the region with the frame headers
+    #    blanked to spaces for the moment (pinned by test_spans.py::test_unicode_and_control...).
+    hdr = _header_positions(starts, ends, lo)
+    saved = a[hdr]
+    a[hdr] = 0x20
+    try:
+        low, high = int(region.min()), int(region.max())
+        if high >= 0x80:
+            return None
+        if low < 0x20:
+            # tab/newline/CR are whitespace; any other control byte sends the batch the general way
+            ctrl = region[np.flatnonzero(region < 0x20)]
+            if not np.isin(ctrl, (9, 10, 13)).all():
+                return None
+    finally:
+        a[hdr] = saved
+    if not ((a[starts] == 0x5B).all() and (a[ends - 1] == 0x5D).all()):  # "[" ... "]"
+        return None
+    # 2. object ends: "}" inside a payload
+    close = np.flatnonzero(region == 0x7D) + lo
+    owner = np.searchsorted(starts, close, side="right") - 1
+    close = close[close < ends[owner]]
+    owner = (
+        owner[close < ends[owner]] if False else np.searchsorted(starts, close, side="right") - 1
+    )
+    n = len(close)
+    per_msg = np.bincount(owner, minlength=nmsg)
+    # Every message needs its objects' ends; an empty array "[]" has none (and is fine).
+    empty = per_msg == 0
+    if empty.any() and not (ends[empty] - starts[empty] == 2).all():
+        return None
+    if n == 0:
+        return _empty(npipes)
+    after = a[close + 1]
+    first = np.ones(n, dtype=bool)
+    first[1:] = owner[1:] != owner[:-1]
+    last = np.ones(n, dtype=bool)
+    last[:-1] = first[1:]
+    # the last object of a message ends right before its "]"; the others are followed by ","
+    if not ((after[last] == 0x5D).all() and (close[last] + 2 == ends[owner[last]]).all()):
+        return None
+    if not (after[~last] == 0x2C).all():
+        return None
+    # object starts: right after "[" for the first; after "," (and one space) for the others
+    start = np.empty(n, dtype=np.int64)
+    start[first] = starts[owner[first]] + 1
+    prev = close[:-1][~first[1:]]
+    gap = np.where(a[prev + 2] == 0x7B, 2, 3)
+    start[1:][~first[1:]] = prev + gap
+    if not (a[start] == 0x7B).all():
+        return None
+    if (gap == 3).any() and not (a[prev[gap == 3] + 2] == 0x20).all():
+        return None
+    # 3. the key layout
+    w64 = _view(a, np.uint64)
+    head = w64[start]
+    compact = (head & _M7) == _COMPACT
+    spaced = head == _SPACED
+    if not (compact | spaced).all():
+        return None
+    ev_at = start + np.where(compact, 7, 8)
+    ev_row = w64[ev_at]  # the ev value and its closing quote: X" with X of 1-7 bytes
+    ev_len = np.full(n, 9, dtype=np.int64)
+    for k in range(7, 0, -1):  # the first quote in bytes 1..7 ends ev
+        ev_len = np.where(((ev_row >> _U64(8 * k)) & _U64(0xFF)) == 0x22, k, ev_len)
+    if (ev_len > 7).any():
+        return None
+    quote = ev_at + ev_len  # the quote that closes ev
+    if not ((a[ev_at] != 0x22).all()):
+        return None
+    nxt = w64[quote + 1]
+    c_ok = compact & (nxt == _SYM_COMPACT)
+    s_ok = spaced & (nxt == _SYM_SPACED) & (_view(a, np.uint16)[quote + 9] == _SP_Q)
+    if not (c_ok | s_ok).all():
+        return None
+    sym_at = quote + np.where(compact, 9, 11)
+    # 4. symbols: up to SYM_ROW bytes read as 8-byte words; the first quote ends the symbol
+    words = np.stack([w64[sym_at + 8 * k] for k in range(SYM_ROW // 8)], axis=1)
+    sym_len = _first_byte(words, 0x22)
+    if (sym_len >= SYM_ROW).any() or (sym_len == 0).any():
+        return None
+    if (sym_at + sym_len >= close).any():
+        return None
+    width = int(sym_len.max())
+    rows = words.view(np.uint8)[:, :width]  # little-endian words: bytes in feed order
+    rows = rows * (np.arange(width) < sym_len[:, None])
+    if (rows == 0x5C).any():  # an escape in a symbol: the general way decodes it
+        return None
+    pipes = VECTOR_HASHES[hash_name](fnv1a64_rows(rows, sym_len), npipes).astype(np.uint16)
+    # 5. output
+    order = np.argsort(pipes, kind="stable")  # uint16: numpy's radix sort, stable
+    src = start[order]
+    lens = (close - start + 1)[order]
+    sizes = lens + 4
+    offs = np.cumsum(sizes) - sizes
+    total = int(sizes.sum())
+    out = np.empty(total + ROW, dtype=np.uint8)
+    orows = as_strided(out, shape=(total + 1, ROW), strides=(1, 1))
+    irows = as_strided(a, shape=(len(a) - ROW, ROW), strides=(1, 1))
+    chunks = int((lens.max() + ROW - 1) // ROW)
+    for j in range(chunks - 1, -1, -1):
+        sel = np.flatnonzero(lens > j * ROW) if j else slice(None)
+        # Fancy assignment writes rows in index order: a row's spill past its record is
+        # overwritten by the rows that follow (pinned by test_spans.py byte-for-byte tests).
+        orows[offs[sel] + 4 + j * ROW] = irows[src[sel] + j * ROW]
+    for k in range(4):  # the u32 LE headers, byte by byte (aligned uint8 scatters are fast)
+        out[offs + k] = (lens >> (8 * k)) & 0xFF
+    counts = np.bincount(pipes, minlength=npipes)
+    bounds = np.concatenate(([0], np.cumsum(counts)))
+    byte_bounds = np.concatenate((offs, [total]))[bounds]
+    mv = memoryview(out)
+    runs: list = [
+        mv[int(byte_bounds[p]) : int(byte_bounds[p + 1])] if counts[p] else None
+        for p in range(npipes)
+    ]
+    return RouteBatch(
+        runs=runs,
+        counts=[int(c) for c in counts],
+        events=n,
+        routed=n,
+        statuses=[],
+        fallback=0,
+        no_symbol=0,
+        malformed=0,
+        errors=[],
+    )
+
+
+def _empty(npipes: int) -> RouteBatch:
+    return RouteBatch(
+        runs=[None] * npipes,
+        counts=[0] * npipes,
+        events=0,
+        routed=0,
+        statuses=[],
+        fallback=0,
+        no_symbol=0,
+        malformed=0,
+        errors=[],
+    )
