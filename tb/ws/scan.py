@@ -1,0 +1,160 @@
+"""Batch frame scanning: the spans of every plain data frame at the start of a receive buffer.
+
+Theory of operation. Nearly every frame a feed sends is a final, unmasked TEXT frame with a 7- or
+16-bit length. `scan_data_frames` finds the payload spans of the longest run of such frames at
+the start of `a[pos:end]` and stops at the first frame that is anything else (a control frame, a
+fragment, a 64-bit length, a masked or oversized frame, or one not yet complete): the caller
+hands the rest to `Connection.receive`, which knows the whole protocol. No payload is copied.
+
+Two strategies, same result (tests/ws/test_scan.py pins them against Connection.receive):
+- big frames (a burst's ~40 KB messages): a short Python loop over the headers;
+- small frames (1-5 trades, ~100-600 bytes): vectorized. Candidate frame starts are the bytes
+  0x81/0x82; in ASCII JSON payloads they occur only as frame starts or inside a 16-bit length.
+  Each candidate's header gives its successor; the frames are the chain of successors from the
+  first frame, which skips the stray candidates (followed in runs of consecutive candidates, so
+  the Python work is per stray candidate, not per frame).
+
+`utf8_errors` checks text payloads where the router's ASCII test could not (it is only needed
+for messages with bytes >= 0x80).
+"""
+
+from __future__ import annotations
+
+from codecs import utf_8_decode
+
+import numpy as np
+
+__all__ = ["scan_data_frames", "utf8_errors", "SMALL_FRAME"]
+
+SMALL_FRAME = 2048  # mean payload size below which the vectorized strategy pays (measured)
+_PROBE = 16  # frames scanned in Python before choosing a strategy
+
+
+def scan_data_frames(
+    a: np.ndarray, view: memoryview, pos: int, end: int, max_message: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Spans of the plain data frames at the start of a[pos:end].
+
+    `a` and `view` are the same buffer (a uint8 array, a memoryview), with at least 4 bytes of
+    slack after `end`. Returns (payload starts, payload ends, opcodes, where scanning stopped).
+    """
+    starts: list[int] = []
+    ends: list[int] = []
+    ops: list[int] = []
+    p = pos
+    while p + 2 <= end and len(starts) < _PROBE:
+        b0 = view[p]
+        b1 = view[p + 1]
+        if (b0 != 0x81 and b0 != 0x82) or b1 > 126:
+            return _arrays(starts, ends, ops, p)
+        if b1 == 126:
+            s = p + 4
+            if s > end:
+                break
+            e = s + ((view[p + 2] << 8) | view[p + 3])
+        else:
+            s = p + 2
+            e = s + b1
+        if e > end or e - s > max_message:
+            break
+        starts.append(s)
+        ends.append(e)
+        ops.append(b0 & 0x0F)
+        p = e
+    else:
+        if len(starts) == _PROBE and (p - pos) / _PROBE < SMALL_FRAME:
+            vs, ve, vo, stop = _scan_vectorized(a, p, end, max_message)
+            return (
+                np.concatenate((np.array(starts, dtype=np.int64), vs)),
+                np.concatenate((np.array(ends, dtype=np.int64), ve)),
+                np.concatenate((np.array(ops, dtype=np.uint8), vo)),
+                stop,
+            )
+        if len(starts) == _PROBE:
+            return _scan_python(view, starts, ends, ops, p, end, max_message)
+    return _arrays(starts, ends, ops, p)
+
+
+def _arrays(starts: list, ends: list, ops: list, stop: int):
+    return (
+        np.array(starts, dtype=np.int64),
+        np.array(ends, dtype=np.int64),
+        np.array(ops, dtype=np.uint8),
+        stop,
+    )
+
+
+def _scan_python(view: memoryview, starts, ends, ops, p: int, end: int, max_message: int):
+    while p + 2 <= end:
+        b0 = view[p]
+        b1 = view[p + 1]
+        if (b0 != 0x81 and b0 != 0x82) or b1 > 126:
+            break
+        if b1 == 126:
+            s = p + 4
+            if s > end:
+                break
+            e = s + ((view[p + 2] << 8) | view[p + 3])
+        else:
+            s = p + 2
+            e = s + b1
+        if e > end or e - s > max_message:
+            break
+        starts.append(s)
+        ends.append(e)
+        ops.append(b0 & 0x0F)
+        p = e
+    return _arrays(starts, ends, ops, p)
+
+
+def _scan_vectorized(a: np.ndarray, pos: int, end: int, max_message: int):
+    empty = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.uint8), pos)
+    seg = a[pos:end]
+    # 0x81 or 0x82: uint8 wrap-around maps both below 2 (pinned by test_scan.py)
+    cand = np.flatnonzero(np.subtract(seg, 0x81, dtype=np.uint8) < 2) + pos
+    if not len(cand) or cand[0] != pos:
+        return empty
+    b1 = a[cand + 1].astype(np.int64)
+    ext = (a[cand + 2].astype(np.int64) << 8) | a[cand + 3]
+    short = b1 < 126
+    hl = np.where(short, 2, 4)
+    length = np.where(short, b1, ext)
+    nxt = cand + hl + length
+    # a frame is usable when its header is whole, it is complete, plain and within the limit
+    usable = (b1 <= 126) & (cand + hl <= end) & (nxt <= end) & (length <= max_message)
+    j = np.searchsorted(cand, nxt)
+    jc = np.minimum(j, len(cand) - 1)
+    linked = usable & (j < len(cand)) & (cand[jc] == nxt)
+    step = linked & (j == np.arange(len(cand)) + 1)
+    breaks = np.flatnonzero(~step)  # where a run of consecutive frames ends
+    nodes: list[np.ndarray] = []
+    i = 0
+    stop = pos
+    while True:
+        if not usable[i]:
+            stop = int(cand[i])
+            break
+        k = int(breaks[np.searchsorted(breaks, i)])  # the last node of this run
+        nodes.append(np.arange(i, k + 1))
+        if not linked[k]:
+            # the successor is not a plain data frame (or the buffer ends): stop after k ...
+            if not usable[k]:  # ... unless k itself is not usable
+                nodes[-1] = nodes[-1][:-1]
+                stop = int(cand[k])
+            else:
+                stop = int(nxt[k])
+            break
+        i = int(j[k])  # skip stray candidates inside the next frame's header
+    idx = np.concatenate(nodes) if nodes else np.empty(0, np.int64)
+    return cand[idx] + hl[idx], nxt[idx], (a[cand[idx]] & 0x0F).astype(np.uint8), stop
+
+
+def utf8_errors(view: memoryview, starts: np.ndarray, ends: np.ndarray, ops: np.ndarray) -> str:
+    """'' if every text payload is UTF-8, else the first decoder error."""
+    for s, e, op in zip(starts.tolist(), ends.tolist(), ops.tolist(), strict=True):
+        if op == 1:
+            try:
+                utf_8_decode(view[s:e], "strict", True)
+            except UnicodeDecodeError as exc:
+                return str(exc)
+    return ""

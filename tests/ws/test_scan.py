@@ -1,0 +1,84 @@
+"""scan_data_frames finds exactly the frames Connection.receive would deliver, then stops."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tb.ws import Connection, Opcode, encode_frame
+from tb.ws.scan import scan_data_frames
+
+
+def payload(rng: random.Random, n: int) -> bytes:
+    return b"[" + b"x" * max(0, n - 2) + b"]" if n >= 2 else b"x" * n
+
+
+def stream(rng: random.Random, sizes: list[int], extras: bool) -> bytes:
+    out = bytearray()
+    for i, n in enumerate(sizes):
+        op = Opcode.BINARY if rng.random() < 0.1 else Opcode.TEXT
+        out += encode_frame(op, payload(rng, n), mask=False)
+        if extras and i == len(sizes) // 2:
+            out += encode_frame(Opcode.PING, b"hi", mask=False)
+    return bytes(out)
+
+
+def via_scan(data: bytes, max_message: int = 1 << 20):
+    """Messages as the balancer gets them: scanned spans, then Connection.receive for the rest."""
+    buf = bytearray(data) + bytes(16)
+    a = np.frombuffer(buf, np.uint8)
+    view = memoryview(buf)
+    starts, ends, ops, stop = scan_data_frames(a, view, 0, len(data), max_message)
+    got = [bytes(view[s:e]) for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
+    conn = Connection(max_message=max_message)
+    used = conn.receive(view[stop : len(data)])
+    got += [bytes(m) for m in conn.messages]
+    return got, stop + used, conn
+
+
+def via_connection(data: bytes, max_message: int = 1 << 20):
+    conn = Connection(max_message=max_message)
+    used = conn.receive(memoryview(data))
+    return [bytes(m) for m in conn.messages], used, conn
+
+
+SIZES = [
+    [5] * 40,  # 7-bit lengths
+    [300] * 40,  # 16-bit lengths
+    [129 + 256 * k for k in range(40)],  # low length byte 0x81: a stray candidate in each header
+    [130, 385, 641, 2, 40000, 120, 33025, 33026, 126, 125],  # 0x81/0x82 in either length byte
+    [40000] * 20,  # big frames: the Python strategy
+    [3] * 16 + [500] * 30 + [70000] + [10] * 20,  # a 64-bit length stops the scan
+]
+
+
+@pytest.mark.parametrize("sizes", SIZES)
+@pytest.mark.parametrize("extras", [False, True])
+@pytest.mark.parametrize("cut", [0, 1, 3, 7])
+def test_same_messages_as_connection(sizes, extras, cut):
+    rng = random.Random(len(sizes) + cut)
+    data = stream(rng, sizes, extras)
+    data = data[: len(data) - cut]  # a partial last frame
+    assert via_scan(data)[:2] == via_connection(data)[:2]
+
+
+def test_stops_before_an_oversized_frame():
+    data = stream(random.Random(1), [10] * 20 + [5000] + [10] * 5, False)
+    buf = bytearray(data) + bytes(16)
+    starts, ends, ops, stop = scan_data_frames(
+        np.frombuffer(buf, np.uint8), memoryview(buf), 0, len(data), 4096
+    )
+    assert len(starts) == 20  # the 5000-byte frame is left for Connection.receive (1009)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 70000), min_size=1, max_size=60), st.integers(0, 40))
+def test_random_streams_and_splits(sizes, cut):
+    rng = random.Random(sum(sizes))
+    data = stream(rng, sizes, True)
+    data = data[: max(0, len(data) - cut)]
+    assert via_scan(data)[:2] == via_connection(data)[:2]
