@@ -56,6 +56,8 @@ def _string_value(msg: bytes, start: int, end: int, key: bytes) -> tuple[int, in
     at = msg.find(key, start, end)
     if at == -1:
         return -1, -1
+    if msg.startswith(key[1:], at + len(key) - 1):  # "pair"pair": overlapping occurrences
+        return -2, -2
     v = _value(msg, at + len(key), end)
     v_end = -1 if v == -1 else msg.find(b'"', v, end)
     return (-2, -2) if v_end == -1 else (v, v_end)
@@ -108,6 +110,8 @@ def _scan_uniform(msg: bytes, start: int, pipe_of, cache: dict[bytes, int]):
         if at == -1:
             no_symbol += 1
         else:
+            if piece.startswith(b'sym"', at + 4):  # "sym"sym": overlapping occurrences
+                return None
             if piece.startswith(b':"', at + 5):
                 sym = at + 7
             else:
@@ -138,8 +142,6 @@ def _scan_fast(msg: bytes, pipe_of: Callable[[bytes], int], cache: dict[bytes, i
         return None
     if msg[:start].strip(_WS_BYTES) != b"[":
         return None
-    if b'"sym"sym"' in msg or b'"pair"pair"' in msg:  # rule 4a: overlapping occurrences
-        return None
     has_pair = b'"pair"' in msg
     # Without the bytes "status" or "C" no ev can be interesting (rule 4b): skip the look-up.
     ev_matters = b'"status"' in msg or b'"C"' in msg
@@ -164,6 +166,8 @@ def _scan_fast(msg: bytes, pipe_of: Callable[[bytes], int], cache: dict[bytes, i
         sym = sym_end = -1
         at = find(b'"sym"', start, end)
         if at != -1:  # rule 4a, inlined for the common case
+            if msg.startswith(b'sym"', at + 4):  # "sym"sym": overlapping occurrences
+                return None
             if msg[at + 5] == _COLON and msg[at + 6] == _QUOTE:
                 sym = at + 7
             else:

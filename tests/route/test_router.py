@@ -313,3 +313,38 @@ def test_many_pipes():
     objs = [b'{"ev":"T","sym":"S%d"}' % i for i in range(3000)]
     batch = route_both([b"[" + b",".join(objs) + b"]"], npipes=70000)
     assert batch.routed == 3000 and sum(1 for r in batch.runs if r) > 2900
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'[{"ev":"T","sym"sym":"A","q":"B""}]',
+        b'[{"ev":"T","x":"sym"sym":"A"}]',
+        b'[{"ev":"T","pair"pair":"A","q":"B""}]',
+        b'[{"ev":"T","a":"b"sym":"X"}]',
+        b'[{"a":"b"sym"":1,"sym":"Y"}]',
+        b'[{"ev":"ev":"status"}]',
+        b'[{"ev":"C","ev":"T","p":"EUR/USD"}]',
+        b'[{"ev":"C","p":"EUR/USD","p":"X"}]',
+        b'[{"ev":"C","p":1.5,"x":"p"}]',
+        b'[{"ev":"C","p":"' + b"E" * 40 + b'"}]',
+        b'[{"ev":"status","sym":"' + b"L" * 40 + b'"}]',
+        b'[{"ev"  :  "status", "status":"x"}]',
+        b'[{"ev":\t"C", "p" :"EUR/USD"}]',
+        b'[{"sym":"A"}, {"sym" :"B"} ,{"sym":  "C"}]',
+        b'[{"sym":"A"}]x',
+        b'x[{"sym":"A"}]',
+        b'[{"sym":"A"},]',
+        b'[,{"sym":"A"}]',
+        b'[{"sym":"A"}{"sym":"B"}]',
+        b'[{"sym":"A"},,{"sym":"B"}]',
+        b'["x",{"sym":"A"}]',
+        b'[{"sym":"A"},"x"]',
+        b'[{"sym":"A","z":"' + b" " * 60 + b'"}]',
+        b'[{"sym"' + b" " * 60 + b':"A"}]',
+        b'[{"sym":' + b"\n" * 60 + b'"A"}]',
+    ],
+)
+def test_both_paths_agree_on_tricky_bytes(payload):
+    batch = route_both([payload, b'[{"ev":"T","sym":"OK"}]'])
+    assert batch.routed >= 1
