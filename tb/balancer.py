@@ -30,10 +30,13 @@ import time
 from dataclasses import dataclass, field
 from time import perf_counter
 
+import numpy as np
+
 from tb.feed import DISCONNECT_REASONS, AuthFailed, FeedError, Session
 from tb.loop import Loop, choose_loop
 from tb.pipes import PipeError, PipeWriter, open_pipes, spawn_worker
 from tb.route import Router
+from tb.route.spans import SPAN_PAD, route_spans
 from tb.transport import FeedURL, TLSVerifyError, Transport, TransportError, connect
 from tb.ws import (
     Connection,
@@ -43,6 +46,7 @@ from tb.ws import (
     client_request,
     parse_client_response,
 )
+from tb.ws.scan import scan_data_frames, utf8_errors
 
 __all__ = ["RunConfig", "Balancer", "EXIT_CODES", "MAX_RECV"]
 
@@ -130,8 +134,10 @@ class Balancer:
         self.router = Router(cfg.pipes, hash=cfg.hash, numpy_min_bytes=cfg.numpy_min_bytes)
         self.c = Counters(per_pipe=[0] * cfg.pipes)
         # The arena holds at least one whole message of max size plus its frame header.
-        self.arena = bytearray(max(1 << 20, cfg.max_message + 64))
+        self.arena = bytearray(max(1 << 20, cfg.max_message + 64) + SPAN_PAD)
         self.view = memoryview(self.arena)
+        self.arr = np.frombuffer(self.arena, dtype=np.uint8)  # the same bytes, for the span router
+        self.room = len(self.arena) - SPAN_PAD  # data never goes past this: row reads need slack
         self.start = self.end = 0
         self.transport: Transport | None = None
         self.ws: Connection | None = None
@@ -527,7 +533,7 @@ class Balancer:
         try:
             # One receive is one batch; capping it keeps --max-buffer a tight bound (checked after
             # each batch) while staying large enough that per-batch costs vanish per trade.
-            n = self.transport.recv_into(view[self.end : self.end + MAX_RECV])
+            n = self.transport.recv_into(view[self.end : min(self.room, self.end + MAX_RECV)])
         except TransportError as exc:
             self._connection_lost(f"{exc}")
             return
@@ -545,6 +551,18 @@ class Balancer:
         if not self.upgraded and not self._upgrade():
             return
         ws = self.ws
+        if ws.state is State.OPEN and not ws.in_fragmented_message:
+            # The plain data frames, as spans straight from the arena; whatever follows them
+            # (control frames, fragments, a partial frame) goes through the Connection below.
+            starts, ends, ops, stop = scan_data_frames(
+                self.arr, view, self.start, self.end, self.cfg.max_message
+            )
+            if len(starts):
+                self.start = stop
+                stage[1] += perf_counter() - t1
+                if not self._route_spans(starts, ends, ops) or self.transport is None:
+                    return
+                t1 = perf_counter()
         try:
             consumed = ws.receive(view[self.start : self.end])
         except ProtocolError as exc:
@@ -583,12 +601,38 @@ class Balancer:
             self.paused_since = self.overflow_warned = time.monotonic()
             self.c.pauses += 1
 
+    def _route_spans(self, starts, ends, ops) -> bool:
+        """Route the scanned data frames; False if the connection failed (bad UTF-8)."""
+        t0 = perf_counter()
+        batch = route_spans(self.arr, starts, ends, self.cfg.pipes, self.cfg.hash)
+        if batch is not None:
+            self.c.messages += len(starts)
+            self._account(batch, t0)
+            return True
+        # Not feed-shaped (statuses, other layouts, unicode...): the general router, after the
+        # UTF-8 check that the span router's ASCII test would have made unnecessary.
+        view = self.view
+        error = utf8_errors(view, starts, ends, ops)
+        if error:
+            log.error(
+                "websocket protocol error from the server: text message is not UTF-8 (%s)", error
+            )
+            self.ws.send_close(1007, "invalid UTF-8")
+            self._send(self.ws.data_to_send())
+            self._connection_lost("protocol error: a text message is not UTF-8")
+            return False
+        self._route([view[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)])
+        return self.transport is not None
+
     def _route(self, messages: list) -> None:
         t0 = perf_counter()
         batch = self.router.route(messages)
-        c = self.c
-        c.messages += len(messages)
+        self.c.messages += len(messages)
         messages.clear()  # the views into the arena must not outlive this batch
+        self._account(batch, t0)
+
+    def _account(self, batch, t0: float) -> None:
+        c = self.c
         if batch.routed:
             if not c.routed:
                 self.cpu_first = time.process_time()
@@ -651,7 +695,7 @@ class Balancer:
             self._connection_lost(f"websocket upgrade failed: {exc}")
             return False
         if n == 0:
-            if self.end == len(self.arena):
+            if self.end >= self.room:
                 self._connection_lost("websocket upgrade response too large")
             return False
         self.upgraded = True
@@ -663,7 +707,7 @@ class Balancer:
         start, end = self.start, self.end
         if start == end:
             self.start = self.end = 0
-        elif len(self.arena) - end < (256 << 10):
+        elif self.room - end < (256 << 10):
             tail = end - start
             self.arena[:tail] = self.view[start:end].tobytes()
             self.start, self.end = 0, tail

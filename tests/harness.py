@@ -267,3 +267,28 @@ class LiveTb:
     def final(self) -> dict[str, str]:
         line = [ln for ln in self.lines if "tb: final" in ln][-1]
         return dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+
+
+def client_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """Parse what a client sent (masked frames), independently of tb.ws: [(opcode, payload)]."""
+    out, pos = [], 0
+    while pos + 2 <= len(data):
+        b0, b1 = data[pos], data[pos + 1]
+        n, pos = b1 & 0x7F, pos + 2
+        if n == 126:
+            n, pos = int.from_bytes(data[pos : pos + 2], "big"), pos + 2
+        elif n == 127:
+            n, pos = int.from_bytes(data[pos : pos + 8], "big"), pos + 8
+        mask, pos = data[pos : pos + 4], pos + 4
+        body = bytes(b ^ mask[i % 4] for i, b in enumerate(data[pos : pos + n]))
+        out.append((b0 & 0x0F, body))
+        pos += n
+    return out
+
+
+def close_code_sent(data: bytes) -> int | None:
+    """The code of the client's close frame, if it sent one."""
+    for opcode, body in client_frames(data):
+        if opcode == 8 and len(body) >= 2:
+            return int.from_bytes(body[:2], "big")
+    return None

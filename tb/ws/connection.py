@@ -71,6 +71,11 @@ class Connection:
         self._frag_opcode = 0  # opcode of the fragmented message in progress, 0 if none
         self._frag = bytearray()
 
+    @property
+    def in_fragmented_message(self) -> bool:
+        """A fragmented message is being reassembled (its CONT frames must go through receive)."""
+        return bool(self._frag_opcode)
+
     # -- receiving -----------------------------------------------------------------------
 
     def receive(self, buf: memoryview) -> int:

@@ -9,7 +9,15 @@ import sys
 import threading
 
 import pytest
-from harness import VERIFY_WORKER, ScriptedFeed, check_delivery, frame, read_log, run_tb
+from harness import (
+    VERIFY_WORKER,
+    ScriptedFeed,
+    check_delivery,
+    close_code_sent,
+    frame,
+    read_log,
+    run_tb,
+)
 
 websockets_sync = pytest.importorskip("websockets.sync.server")
 
@@ -94,16 +102,6 @@ def test_websockets_library_server_fragments_pings_spaces(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def _close_code_sent(data: bytes) -> int | None:
-    # Find the client's (masked) close frame among what the server received: opcode 0x88.
-    i = data.rfind(b"\x88")
-    if i < 0 or i + 8 > len(data):
-        return None
-    mask = data[i + 2 : i + 6]
-    code = bytes(b ^ mask[j] for j, b in enumerate(data[i + 6 : i + 8]))
-    return int.from_bytes(code, "big")
-
-
 def trade(sym: str, q: int) -> dict:
     return {"ev": "T", "sym": sym, "i": str(q), "x": 1, "p": 1.5, "s": 1, "t": 1, "q": q}
 
@@ -122,7 +120,7 @@ def test_garbage_frame_closes_1002_and_keeps_what_came_before(tmp_path):
         feed.close()
     assert proc.returncode == 5, proc.stderr
     assert "protocol error" in proc.stderr and "Traceback" not in proc.stderr
-    assert _close_code_sent(feed.received) == 1002
+    assert close_code_sent(feed.received) == 1002
     check_delivery(read_log(log), good, 2)
 
 
@@ -154,7 +152,7 @@ def test_invalid_utf8_closes_1007(tmp_path):
     finally:
         feed.close()
     assert proc.returncode == 5, proc.stderr
-    assert _close_code_sent(feed.received) == 1007
+    assert close_code_sent(feed.received) == 1007
     assert "Traceback" not in proc.stderr
 
 
@@ -168,4 +166,4 @@ def test_oversized_message_closes_1009(tmp_path):
     finally:
         feed.close()
     assert proc.returncode == 5, proc.stderr
-    assert _close_code_sent(feed.received) == 1009
+    assert close_code_sent(feed.received) == 1009
