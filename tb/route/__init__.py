@@ -25,13 +25,16 @@ from collections.abc import Sequence
 
 from .batch import RouteBatch, RouteError, RouteTotals
 from .hashing import HASHES, VECTOR_HASHES
-from .numpy_path import route_numpy
+from .numpy_path import Scratch, route_numpy
 from .python_path import route_python
 
 __all__ = ["DEFAULT_NUMPY_MIN_BYTES", "RouteBatch", "RouteError", "RouteTotals", "Router"]
 
-# Measured by tools/bench_route.py on the 2-core dev VM (see the comment there for the table).
-DEFAULT_NUMPY_MIN_BYTES = 16 * 1024
+# Measured with tools/bench_route.py (2-core dev VM, shared and loaded; µs/trade, CPU time):
+#   quiet 1-5 trades/msg:  11 KB  py 8.9  np 15.3 | 22 KB  py 8.7  np 8.8 | 44 KB  py 8.9  np 5.3
+#   burst ~350/msg:        44 KB  py 4.4  np 4.5  | 84 KB  py 6.0  np 2.9 | 660 KB py 5.4 np 1.7
+# numpy costs ~1.3 ms per batch however small; it wins from ~22-44 KB of payload. 32 KiB.
+DEFAULT_NUMPY_MIN_BYTES = 32 * 1024
 
 # The pipe-number cache is dropped when it grows beyond this many symbols (bounded memory).
 _PIPE_CACHE_MAX = 1 << 17
@@ -67,6 +70,7 @@ class Router:
         self._scalar = HASHES[hash]
         self._vector = VECTOR_HASHES[hash]
         self._cache: dict[bytes, int] = {}
+        self._scratch = Scratch()
 
     def _pipe_of(self, sym: bytes) -> int:
         pipe = self._cache.get(sym)
@@ -93,6 +97,6 @@ class Router:
 
     def route_numpy(self, payloads: Sequence[bytes | bytearray | memoryview]) -> RouteBatch:
         """Route one batch with the numpy path."""
-        batch = route_numpy(payloads, self.npipes, self._pipe_of, self._vector)
+        batch = route_numpy(payloads, self.npipes, self._pipe_of, self._vector, self._scratch)
         self.totals.add(batch)
         return batch

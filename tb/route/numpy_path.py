@@ -1,15 +1,19 @@
 """The numpy router: the fast rules of tb.route.fast_rules, vectorized over a whole batch.
 
-Steps (each costs a handful of numpy calls per batch, none per trade):
-1. Join the payloads into one buffer and find every "special" byte (quote, brace, backslash,
-   control) with byte compares and one flatnonzero.
-2. Per message, check rules 1-3 from those positions alone (quote parity, brace alternation, the
-   separator bytes between objects); messages that fail go to the slow path.
-3. Pair quotes into string tokens; find the ``sym``/``pair``/``ev``/``p`` key tokens from 4-byte
-   windows at each opening quote; check the gap to the value (rule 4) and the symbol length.
+Steps (a fixed number of numpy calls per batch, none per trade; rare cases -- statuses, forex
+quotes, unusual whitespace, long values -- get a short Python loop over just those):
+1. Join the payloads into one buffer (one copy) padded with zeros, so fixed-width windows never
+   read past it.
+2. Rules 1-3 per message: min/max/memchr for odd bytes; brace positions from byte compares and
+   flatnonzero; brace alternation per message; quote parity per object by xor.reduceat; the
+   separator bytes between objects column by column. Failing messages go to the slow path.
+3. Rule 4 by byte patterns: ``"sym"``/``"pair"`` found with four uint32 views (offsets 0-3);
+   the value from the two usual gap styles (``:`` / ``: ``) or 48-byte rows; ev found from the
+   rare values ``"status"``/``"C"`` looking back for ``"ev"``.
 4. Hash the symbols from zero-padded fixed-width rows (vectorized FNV-1a, tb.route.hashing).
-5. Merge in the slow path's records, stable-argsort by pipe, and build the output with fixed-width
-   row copies plus u32 headers written through an unaligned uint32 view.
+5. Merge in the slow path's records by feed position, stable-argsort by pipe, and build one
+   output buffer: 64-byte row copies (the last row end-aligned) plus u32 headers written
+   through an unaligned uint32 view; each pipe's run is a memoryview slice of it.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from .hashing import fnv1a64_rows
 from .python_path import _value
 from .slow import route_slowly
 
-__all__ = ["route_numpy"]
+__all__ = ["Scratch", "route_numpy"]
 
 # Zero bytes after the joined payloads: fixed-width windows starting inside the batch never read
 # past the buffer (rows are masked to the symbol's length; copies stay inside records).
@@ -94,21 +98,39 @@ def _gaps_hold_one(full: np.ndarray, starts, ends, want) -> np.ndarray:
     return ok
 
 
-def _check_messages(body, mstart, mend):
+class Scratch:
+    """Byte-sized work arrays kept between batches. Fresh large arrays cost page faults on
+    every batch (measured: several times the compare itself on the dev VM); these grow to the
+    largest batch seen and are reused. Contents never carry over (each use overwrites)."""
+
+    def __init__(self) -> None:
+        self._arrays = [np.zeros(0, dtype=bool), np.zeros(0, dtype=bool)]
+
+    def masks(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Two bool arrays of length ``n`` (views of the kept ones)."""
+        if len(self._arrays[0]) < n:
+            self._arrays = [np.empty(n + n // 4, dtype=bool) for _ in range(2)]
+        return self._arrays[0][:n], self._arrays[1][:n]
+
+
+def _check_messages(buf, body, mstart, mend, scratch: Scratch):
     """Rules 1-3 per message; returns (bad per message, brace positions and their message)."""
     nmsg = len(mstart)
     bad = np.zeros(nmsg, dtype=bool)
-    # Rule 1. Such bytes are rare, so one any() usually settles it; only then locate them.
-    odd = body < 32
-    odd |= body >= 128
-    odd |= body == 92
-    if odd.any():
+    # Rule 1. Such bytes are rare: min/max reductions and a memchr settle it for most batches,
+    # and only then are they located (test_router: control bytes, backslashes, unicode).
+    if len(body) and (body.min() < 32 or body.max() >= 128 or buf.find(b"\\", 0, len(body)) != -1):
+        odd = body < 32
+        odd |= body >= 128
+        odd |= body == 92
         at = np.flatnonzero(odd)
         v = body[at]
         at = at[(v >= 128) | (v == 92) | ((v != 9) & (v != 10) & (v != 13))]
         bad[np.searchsorted(mend, at, side="right")] = True
-    brace = body == 123
-    brace |= body == 125
+    brace, other = scratch.masks(len(body))
+    np.equal(body, 123, out=brace)
+    np.equal(body, 125, out=other)
+    brace |= other
     bpos = np.flatnonzero(brace)
     b_first = np.searchsorted(bpos, mstart)
     b_count = np.searchsorted(bpos, mend) - b_first
@@ -122,7 +144,8 @@ def _check_messages(body, mstart, mend):
     if len(bpos):
         # Rule 2: an even number of quotes inside each object; with no quote between objects
         # (the separator check) that means no brace sits in a string. xor.reduceat = parity.
-        parity = np.bitwise_xor.reduceat((body == 34).view(np.uint8), bpos)[0::2]
+        quote = np.equal(body, 34, out=other)
+        parity = np.bitwise_xor.reduceat(quote.view(np.uint8), bpos)[0::2]
         bad[bmsg[0::2][parity == 1]] = True
     return bad, bpos, bmsg
 
@@ -360,8 +383,11 @@ def route_numpy(
     npipes: int,
     pipe_of: Callable[[bytes], int],
     vector_pipes: Callable[[np.ndarray, int], np.ndarray],
+    scratch: Scratch | None = None,
 ) -> RouteBatch:
     """Route a batch with numpy (see tb.route.Router.route_numpy)."""
+    if scratch is None:
+        scratch = Scratch()
     sizes = [memoryview(p).nbytes for p in payloads]
     buf = b"".join([*payloads, _PAD])
     total = len(buf) - len(_PAD)
@@ -369,7 +395,7 @@ def route_numpy(
     body = full[:total]
     mend = np.cumsum(np.array(sizes, dtype=_I64))
     mstart = mend - np.array(sizes, dtype=_I64)
-    bad, bpos, bmsg = _check_messages(body, mstart, mend)
+    bad, bpos, bmsg = _check_messages(buf, body, mstart, mend, scratch)
     opens, closes, omsg = bpos[0::2], bpos[1::2], bmsg[0::2]
     _check_separators(full, bad, opens, closes, omsg, mstart, mend)
     status, sym_start, sym_len = _find_instruments(buf, full, total, bad, opens, closes, omsg)
