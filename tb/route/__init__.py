@@ -81,22 +81,35 @@ class Router:
         return pipe
 
     def route(self, payloads: Sequence[bytes | bytearray | memoryview]) -> RouteBatch:
-        """Route one batch, by numpy when it holds >= numpy_min_bytes of payload."""
+        """Route one batch, by numpy when it holds >= numpy_min_bytes of payload.
+
+        Raises:
+            RouteError: when a payload is not a bytes-like object.
+        """
         size = 0
-        for p in payloads:
-            size += memoryview(p).nbytes
+        try:
+            for p in payloads:
+                size += memoryview(p).nbytes
+        except TypeError as exc:
+            raise RouteError(f"payloads must be bytes-like: {exc}") from None
         if size >= self.numpy_min_bytes:
             return self.route_numpy(payloads)
         return self.route_python(payloads)
 
     def route_python(self, payloads: Sequence[bytes | bytearray | memoryview]) -> RouteBatch:
-        """Route one batch with the pure-Python path."""
-        batch = route_python(payloads, self.npipes, self._pipe_of, self._cache)
+        """Route one batch with the pure-Python path (RouteError as route())."""
+        try:
+            batch = route_python(payloads, self.npipes, self._pipe_of, self._cache)
+        except TypeError as exc:
+            raise RouteError(f"payloads must be bytes-like: {exc}") from None
         self.totals.add(batch)
         return batch
 
     def route_numpy(self, payloads: Sequence[bytes | bytearray | memoryview]) -> RouteBatch:
-        """Route one batch with the numpy path."""
-        batch = route_numpy(payloads, self.npipes, self._pipe_of, self._vector, self._scratch)
+        """Route one batch with the numpy path (RouteError as route())."""
+        try:
+            batch = route_numpy(payloads, self.npipes, self._pipe_of, self._vector, self._scratch)
+        except TypeError as exc:
+            raise RouteError(f"payloads must be bytes-like: {exc}") from None
         self.totals.add(batch)
         return batch

@@ -19,7 +19,8 @@ __all__ = ["route_python"]
 
 _WS = rb"[ \t\n\r]*"
 _WS_BYTES = b" \t\n\r"
-# Rule 1 (with isascii and no backslash): what is left after deleting these is a control byte.
+# Rule 1 (with isascii and no backslash): what is left after deleting these is a control byte
+# (test_router.py: test_control_bytes_take_the_slow_path, test_unicode_symbols_...).
 _ALLOWED = bytes(range(32, 128)) + b"\t\n\r"
 # Rule 4: after a key, ws : ws and the value's opening quote.
 _TO_VALUE = re.compile(_WS + b":" + _WS + b'"')
@@ -29,7 +30,8 @@ _COLON, _QUOTE, _COMMA = 0x3A, 0x22, 0x2C
 
 def _value(msg: bytes, at: int, end: int) -> int:
     """Start of the string value when msg[at:] is ``ws : ws "``, else -1."""
-    if msg[at] == _COLON and msg[at + 1] == _QUOTE:  # compact style: no regex call
+    # Compact style decided by two byte reads, no regex call (test_router.py: whitespace).
+    if msg[at] == _COLON and msg[at + 1] == _QUOTE:
         return at + 2
     m = _TO_VALUE.match(msg, at, end)
     return -1 if m is None else m.end()
@@ -143,7 +145,8 @@ def _scan_fast(msg: bytes, pipe_of: Callable[[bytes], int], cache: dict[bytes, i
     if msg[:start].strip(_WS_BYTES) != b"[":
         return None
     has_pair = b'"pair"' in msg
-    # Without the bytes "status" or "C" no ev can be interesting (rule 4b): skip the look-up.
+    # Without the bytes "status" or "C" no ev can be interesting (rule 4b): skip the look-up
+    # (test_router.py: status and forex tests; test_both_paths_agree_on_tricky_bytes).
     ev_matters = b'"status"' in msg or b'"C"' in msg
     if not has_pair and not ev_matters:
         uniform = _scan_uniform(msg, start, pipe_of, cache)
@@ -208,7 +211,8 @@ def _scan_fast(msg: bytes, pipe_of: Callable[[bytes], int], cache: dict[bytes, i
         if (after != end + 1 or msg[end] != _COMMA) and msg[end:after].strip(_WS_BYTES) != b",":
             return None
         start = after
-    # Rule 4a: one occurrence per object, seen as: all of the message's are the ones found.
+    # Rule 4a: one occurrence per object, seen as: all of the message's are the ones found
+    # (test_router.py: test_sym_as_a_value_or_duplicate_key_goes_slow_but_right).
     if count(b'"sym"') != n_sym or has_pair and count(b'"pair"') != n_pair:
         return None
     return records, statuses, no_symbol

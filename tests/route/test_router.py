@@ -348,3 +348,9 @@ def test_many_pipes():
 def test_both_paths_agree_on_tricky_bytes(payload):
     batch = route_both([payload, b'[{"ev":"T","sym":"OK"}]'])
     assert batch.routed >= 1
+
+
+@pytest.mark.parametrize("method", ["route", "route_python", "route_numpy"])
+def test_non_bytes_payload_is_a_route_error(method):
+    with pytest.raises(RouteError):
+        getattr(Router(2), method)(['[{"ev":"T","sym":"A"}]'])
