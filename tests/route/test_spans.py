@@ -1,0 +1,152 @@
+"""The span router reproduces Router.route_python byte for byte, or declines (None)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tb.gen import generate
+from tb.route import Router
+from tb.route.spans import ROW, SPAN_PAD, route_spans
+from tb.ws import Opcode, encode_frame
+
+
+def arena_of(payloads: list[bytes], lead: int = 0):
+    """The payloads as server frames in an arena (like the balancer's), and their spans."""
+    frames = bytearray(b"\x00" * lead)
+    starts, ends = [], []
+    for p in payloads:
+        f = encode_frame(Opcode.TEXT, p, mask=False)
+        head = len(f) - len(p)
+        starts.append(len(frames) + head)
+        frames += f
+        ends.append(len(frames))
+    arena = bytearray(frames) + bytes(SPAN_PAD)
+    return np.frombuffer(arena, np.uint8), np.array(starts, np.int64), np.array(ends, np.int64)
+
+
+def same(a, b) -> bool:
+    runs = all(
+        (bytes(x) if x else b"") == (bytes(y) if y else b"")
+        for x, y in zip(a.runs, b.runs, strict=True)
+    )
+    return runs and (a.counts, a.routed, a.events, a.statuses) == (
+        b.counts,
+        b.routed,
+        b.events,
+        b.statuses,
+    )
+
+
+@pytest.mark.parametrize("profile", ["burst", "quiet"])
+@pytest.mark.parametrize("style", ["compact", "spaced"])
+@pytest.mark.parametrize("hash_name,npipes", [("mixed", 32), ("compat", 7), ("mixed", 1)])
+def test_generated_feeds_identical_to_python_path(profile, style, hash_name, npipes):
+    payloads = list(generate(profile=profile, trades=3000, symbols=500, style=style, seed=3))
+    a, starts, ends = arena_of(payloads)
+    got = route_spans(a, starts, ends, npipes, hash_name)
+    assert got is not None
+    assert same(got, Router(npipes, hash=hash_name).route_python(payloads))
+
+
+def trade(sym: str, q: int, extra: str = "", spaced: bool = False) -> bytes:
+    obj = {"ev": "T", "sym": sym, "i": str(q), "x": 4, "p": 1.5, "s": 1, "t": 1, "q": q}
+    if extra:
+        obj["note"] = extra
+    sep = (", ", ": ") if spaced else (",", ":")
+    return json.dumps(obj, separators=sep).encode()
+
+
+def message(objs: list[bytes], spaced: bool = False) -> bytes:
+    return b"[" + (b", " if spaced else b",").join(objs) + b"]"
+
+
+def test_long_records_long_symbols_and_the_arena_start():
+    payloads = [
+        message(
+            [trade("A", 1), trade("O:SPY251219C00650000", 2, "x" * (3 * ROW)), trade("BRK.A", 3)]
+        ),
+        message([trade("Z" * 31, 4), trade("QQQ", 5, "y" * (ROW - 60))]),
+        b"[]",
+        message([trade("MSFT", 6, spaced=True)], spaced=True),
+    ]
+    for lead in (0, 1, 5):
+        a, starts, ends = arena_of(payloads, lead)
+        got = route_spans(a, starts, ends, 5)
+        assert got is not None and same(got, Router(5).route_python(payloads))
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        b'[{"ev":"status","status":"success","message":"subscribed to: T.*"}]',
+        b'[{"sym":"AAPL","ev":"T","q":1}]',  # another key order
+        b'[{"ev":"T","sym":"A\\"B","q":1}]',  # an escape in the symbol
+        '[{"ev":"T","sym":"\u00c9T","q":1}]'.encode(),  # unicode
+        b'[{"ev":"T","sym":"A","q":1,"x":"\x01"}]',  # a control byte
+        b'[{"ev":"T","sym":"A","n":{"k":1}}]',  # nesting
+        b'[{"ev":"T","sym":"A","n":"},{"}]',  # braces in a string
+        b'[{"ev":"T","sym":"' + b"S" * 32 + b'"}]',  # a symbol longer than the row
+        b'[{"ev":"T","sym":"A"} ,{"ev":"T","sym":"B"}]',  # odd whitespace
+        b'[{"ev":"XA","pair":"BTC-USD","p":1}]',  # crypto: the pair key
+    ],
+)
+def test_declines_what_is_not_feed_shaped(odd):
+    payloads = [message([trade("AAPL", 1)]), odd, message([trade("MSFT", 2)])]
+    a, starts, ends = arena_of(payloads)
+    assert route_spans(a, starts, ends, 4) is None
+
+
+def test_frame_header_bytes_are_not_json():
+    # payloads of 125 bytes, or 16-bit lengths with a 0x7D byte, put "}" in the frame headers
+    payloads = []
+    for target in (125, 0x17D, 0x7D00 + 0x50, 0x27D):
+        base = message([trade("AB", target)])
+        pad = target - len(message([trade("AB", target, "x")])) + 1
+        payloads.append(message([trade("AB", target, "x" * pad)]))
+        assert len(payloads[-1]) == target and len(base) < target
+    a, starts, ends = arena_of(payloads)
+    header_bytes = np.concatenate([a[e:s] for s, e in zip(starts[1:], ends[:-1], strict=True)])
+    assert (header_bytes == 0x7D).any()
+    got = route_spans(a, starts, ends, 3)
+    assert got is not None and same(got, Router(3).route_python(payloads))
+
+
+symbols = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ.:-0123456789", min_size=1, max_size=31)
+extras = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=300)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.lists(st.tuples(symbols, extras), max_size=12), min_size=1, max_size=20),
+    st.booleans(),
+    st.integers(1, 40),
+    st.sampled_from(["mixed", "compat"]),
+    st.integers(0, 6),
+)
+def test_random_batches_agree_or_decline(batch, spaced, npipes, hash_name, lead):
+    payloads = [
+        message([trade(s, i, e, spaced) for i, (s, e) in enumerate(m)], spaced) for m in batch
+    ]
+    a, starts, ends = arena_of(payloads, lead)
+    got = route_spans(a, starts, ends, npipes, hash_name)
+    if got is not None:
+        assert same(got, Router(npipes, hash=hash_name).route_python(payloads))
+
+
+def test_most_random_batches_take_the_fast_path():
+    rng = random.Random(4)
+    taken = 0
+    for _ in range(30):
+        payloads = [
+            message([trade(f"S{rng.randrange(99)}", q) for q in range(rng.randrange(1, 9))])
+            for _ in range(20)
+        ]
+        a, starts, ends = arena_of(payloads)
+        taken += route_spans(a, starts, ends, 8) is not None
+    assert taken == 30
