@@ -9,7 +9,10 @@ then hands the record layer to the kernel before anything is read through the SS
   traffic secret comes from the context's key log, HKDF-Expand-Label gives key and iv (with the
   suite's hash), and `setsockopt(SOL_TLS, TLS_RX, crypto_info)` installs them with rec_seq 0 -- the
   client has read no record under that key yet. If OpenSSL did not take TX, tb keeps sending
-  through the SSLSocket (OpenSSL's own record layer; the kernel passes its records through).
+  through the SSLSocket (OpenSSL's own record layer; with the ULP on and only RX programmed the
+  kernel passes those records through untouched). Both TX variants are tested in the VM
+  (tests/test_ktls.py, `tx=openssl|userspace`); tb never programs TX itself, so OpenSSL and the
+  kernel never both own the sequence numbers of one direction.
 - Secrets never touch disk: the key log is a memfd (`/proc/self/fd/N`), one per connection (Python
   does not expose client_random, so one context per connection is how the lines are matched), read
   and wiped right after the handshake.
