@@ -54,6 +54,10 @@ _M7 = _U64((1 << 56) - 1)
 _SYM_COMPACT = _le(b',"sym":"')  # 8 bytes
 _SYM_SPACED = _le(b', "sym":')  # 8 bytes, then ' "'
 _SP_Q = _le(b' "')
+_T_COMPACT, _T_COMPACT_TAIL = _le(b'{"ev":"T'), _le(b'","sym":')  # then '"': 17 bytes
+_T_SPACED, _T_SPACED_TAIL = _le(b'T", "sym'), _le(b'": "')  # after '{"ev": "': 20 bytes
+# _LOW_BYTES[k]: a mask of the low k bytes of a word
+_LOW_BYTES = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [(1 << 64) - 1], dtype=np.uint64)
 
 
 def _view(a: np.ndarray, dtype: type) -> np.ndarray:
@@ -63,20 +67,14 @@ def _view(a: np.ndarray, dtype: type) -> np.ndarray:
 
 
 def _first_byte(words: np.ndarray, byte: int) -> np.ndarray:
-    """Index of the first `byte` in each row of little-endian uint64 words (8*ncols if none).
+    """Index of the first `byte` in each little-endian uint64 word (8 if none).
 
     SWAR zero-byte test on word ^ pattern: its lowest flagged byte is exact (borrows only flag
-    bytes above a real zero), so counting the bits below the lowest flag gives the index."""
-    n, ncols = words.shape
-    found = np.full(n, 8 * ncols, dtype=np.int64)
-    pattern = _U64(0x0101010101010101 * byte)
-    for k in range(ncols - 1, -1, -1):
-        t = words[:, k] ^ pattern
-        flags = (t - _U64(0x0101010101010101)) & ~t & _U64(0x8080808080808080)
-        low = flags & (~flags + _U64(1))  # lowest set bit
-        idx = np.bitwise_count(low - _U64(1)).astype(np.int64) >> 3
-        found = np.where(flags != 0, 8 * k + idx, found)
-    return found
+    bytes above a real zero), so the bits below the lowest flag, over 8, give the index."""
+    t = words ^ _U64(0x0101010101010101 * byte)
+    flags = (t - _U64(0x0101010101010101)) & ~t & _U64(0x8080808080808080)
+    below = (flags & (~flags + _U64(1))) - _U64(1)  # the bits below the lowest flag (all if none)
+    return np.minimum(np.bitwise_count(below) >> 3, 8).astype(np.int64)
 
 
 def _header_positions(starts: np.ndarray, ends: np.ndarray, lo: int) -> np.ndarray:
@@ -121,97 +119,123 @@ def route_spans(
         a[hdr] = saved
     if not ((a[starts] == 0x5B).all() and (a[ends - 1] == 0x5D).all()):  # "[" ... "]"
         return None
-    # 2. object ends: "}" inside a payload
+    # 2. object ends: every "}" inside a payload (a "}" byte in a frame header is not JSON)
     close = np.flatnonzero(region == 0x7D) + lo
     owner = np.searchsorted(starts, close, side="right") - 1
-    close = close[close < ends[owner]]
-    owner = (
-        owner[close < ends[owner]] if False else np.searchsorted(starts, close, side="right") - 1
-    )
+    keep = close < ends[owner]
+    if not keep.all():
+        close, owner = close[keep], owner[keep]
     n = len(close)
-    per_msg = np.bincount(owner, minlength=nmsg)
-    # Every message needs its objects' ends; an empty array "[]" has none (and is fine).
-    empty = per_msg == 0
-    if empty.any() and not (ends[empty] - starts[empty] == 2).all():
-        return None
-    if n == 0:
-        return _empty(npipes)
-    after = a[close + 1]
-    first = np.ones(n, dtype=bool)
-    first[1:] = owner[1:] != owner[:-1]
-    last = np.ones(n, dtype=bool)
-    last[:-1] = first[1:]
+    first = np.empty(n, dtype=bool)
+    if n:
+        first[0] = True
+        np.not_equal(owner[1:], owner[:-1], out=first[1:])
+    firsts = np.flatnonzero(first)
+    if len(firsts) != nmsg:  # some messages hold no object: each must be exactly "[]"
+        has = np.zeros(nmsg, dtype=bool)
+        has[owner] = True
+        if not (ends[~has] - starts[~has] == 2).all():
+            return None
+        if n == 0:
+            return _empty(npipes)
+    lasts = np.empty_like(firsts)
+    lasts[:-1] = firsts[1:] - 1
+    lasts[-1] = n - 1
     # the last object of a message ends right before its "]"; the others are followed by ","
-    if not ((after[last] == 0x5D).all() and (close[last] + 2 == ends[owner[last]]).all()):
+    if not (close[lasts] + 2 == ends[owner[lasts]]).all():
         return None
-    if not (after[~last] == 0x2C).all():
+    sep = a[close + 1]
+    sep[lasts] = 0x2C
+    if not (sep == 0x2C).all():
         return None
-    # object starts: right after "[" for the first; after "," (and one space) for the others
+    # object starts: right after "[" for the first of a message, after "," or ", " for the others
     start = np.empty(n, dtype=np.int64)
-    start[first] = starts[owner[first]] + 1
-    prev = close[:-1][~first[1:]]
-    gap = np.where(a[prev + 2] == 0x7B, 2, 3)
-    start[1:][~first[1:]] = prev + gap
-    if not (a[start] == 0x7B).all():
-        return None
-    if (gap == 3).any() and not (a[prev[gap == 3] + 2] == 0x20).all():
-        return None
-    # 3. the key layout
+    start[1:] = close[:-1] + 2
+    start[firsts] = starts[owner[firsts]] + 1
+    gap = np.flatnonzero(a[start] != 0x7B)
+    if len(gap):  # ", {" (json.dumps' default style) for these
+        start[gap] += 1
+        if not ((a[start[gap]] == 0x7B).all() and (a[start[gap] - 1] == 0x20).all()):
+            return None
+    # 3. the key layout; the fast lane is the feed's exact trade prefix, compact or spaced
     w64 = _view(a, np.uint64)
     head = w64[start]
+    compact = (head == _T_COMPACT) & (w64[start + 8] == _T_COMPACT_TAIL) & (a[start + 16] == 0x22)
+    sym_at = start + 17
+    if not compact.all():
+        spaced = (
+            (head == _SPACED)
+            & (w64[start + 8] == _T_SPACED)
+            & (_view(a, np.uint32)[start + 16] == _T_SPACED_TAIL)
+        )
+        sym_at = np.where(spaced, start + 20, sym_at)
+        if not (compact | spaced).all():
+            sym_at = _sym_positions(a, w64, start, head)
+            if sym_at is None:
+                return None
+    # 4. symbols: read as 8-byte words (one for most tickers); the first quote ends the symbol
+    first_word = w64[sym_at]
+    sym_len = _first_byte(first_word, 0x22)
+    longer = np.flatnonzero(sym_len == 8)
+    width = 8
+    if len(longer):
+        more = np.stack([w64[sym_at[longer] + 8 * k] for k in range(1, SYM_ROW // 8)], axis=1)
+        extra = _first_byte(more[:, 0], 0x22)
+        for k in range(1, more.shape[1]):
+            extra = np.where(extra == 8 * k, 8 * k + _first_byte(more[:, k], 0x22), extra)
+        sym_len[longer] = 8 + extra
+        width = int(sym_len.max())
+        if width >= SYM_ROW:
+            return None
+    if not sym_len.all() or (sym_at + sym_len >= close).any():
+        return None
+    if width <= 8:
+        rows = (first_word & _LOW_BYTES[sym_len])[:, None].view(np.uint8)  # little-endian
+    else:
+        words = np.stack([w64[sym_at + 8 * k] for k in range((width + 7) // 8)], axis=1)
+        rows = words.view(np.uint8)[:, :width] * (
+            np.arange(width, dtype=np.uint8) < sym_len[:, None]
+        )
+    if (rows == 0x5C).any():  # an escape in a symbol: the general way decodes it
+        return None
+    pipes = VECTOR_HASHES[hash_name](fnv1a64_rows(rows, sym_len), npipes).astype(np.uint16)
+    return _build(a, start, close, pipes, npipes)
+
+
+def _sym_positions(a: np.ndarray, w64: np.ndarray, start: np.ndarray, head: np.ndarray):
+    """Where each symbol starts, for any ev value of 1-7 bytes (ev first, sym second); or None."""
     compact = (head & _M7) == _COMPACT
     spaced = head == _SPACED
     if not (compact | spaced).all():
         return None
     ev_at = start + np.where(compact, 7, 8)
-    ev_row = w64[ev_at]  # the ev value and its closing quote: X" with X of 1-7 bytes
-    ev_len = np.full(n, 9, dtype=np.int64)
-    for k in range(7, 0, -1):  # the first quote in bytes 1..7 ends ev
-        ev_len = np.where(((ev_row >> _U64(8 * k)) & _U64(0xFF)) == 0x22, k, ev_len)
-    if (ev_len > 7).any():
+    ev_len = _first_byte(w64[ev_at], 0x22)  # the quote closing ev
+    if not ((ev_len >= 1) & (ev_len <= 7)).all():
         return None
-    quote = ev_at + ev_len  # the quote that closes ev
-    if not ((a[ev_at] != 0x22).all()):
-        return None
+    quote = ev_at + ev_len
     nxt = w64[quote + 1]
-    c_ok = compact & (nxt == _SYM_COMPACT)
-    s_ok = spaced & (nxt == _SYM_SPACED) & (_view(a, np.uint16)[quote + 9] == _SP_Q)
-    if not (c_ok | s_ok).all():
-        return None
-    sym_at = quote + np.where(compact, 9, 11)
-    # 4. symbols: read as 8-byte words (one for most tickers); the first quote ends the symbol
-    first_word = w64[sym_at]
-    sym_len = _first_byte(first_word[:, None], 0x22)
-    longer = np.flatnonzero(sym_len == 8)
-    if len(longer):
-        more = np.stack([w64[sym_at[longer] + 8 * k] for k in range(1, SYM_ROW // 8)], axis=1)
-        sym_len[longer] = 8 + _first_byte(more, 0x22)
-    if (sym_len >= SYM_ROW).any() or (sym_len == 0).any():
-        return None
-    if (sym_at + sym_len >= close).any():
-        return None
-    width = int(sym_len.max())
-    if width <= 8:
-        rows = first_word[:, None].view(np.uint8)[:, :width]  # little-endian: feed order
-    else:
-        words = np.stack([w64[sym_at + 8 * k] for k in range((width + 7) // 8)], axis=1)
-        rows = words.view(np.uint8)[:, :width]
-    rows = rows * (np.arange(width, dtype=np.uint8) < sym_len[:, None])
-    if (rows == 0x5C).any():  # an escape in a symbol: the general way decodes it
-        return None
-    pipes = VECTOR_HASHES[hash_name](fnv1a64_rows(rows, sym_len), npipes).astype(np.uint16)
-    # 5. output: each row is [u32 length][record][spill], gathered from 4 bytes before the
-    # record (those 4 bytes then replaced by the length), and scattered in output order.
+    ok = np.where(
+        compact,
+        nxt == _SYM_COMPACT,
+        (nxt == _SYM_SPACED) & (_view(a, np.uint16)[quote + 9] == _SP_Q),
+    )
+    return quote + np.where(compact, 9, 11) if ok.all() else None
+
+
+def _build(a: np.ndarray, start, close, pipes, npipes: int) -> RouteBatch:
+    """5. One contiguous run per pipe: rows of [u32 length][record][spill], in output order."""
+    n = len(start)
     order = np.argsort(pipes, kind="stable")  # uint16: numpy's radix sort, stable
     src = start[order]
     lens = (close - start + 1)[order]
     sizes = lens + 4
     offs = np.cumsum(sizes) - sizes
-    total = int(sizes.sum())
+    total = int(offs[-1] + sizes[-1])
     out = np.empty(total + ROW + 4, dtype=np.uint8)
     width = 4 + ROW
     orows = as_strided(out, shape=(total + 1, width), strides=(1, 1))
     irows = as_strided(a, shape=(len(a) - width, width), strides=(1, 1))
+    # gathered from 4 bytes before each record, those 4 bytes then replaced by its length
     stage = irows[np.maximum(src - 4, 0)]
     for k in np.flatnonzero(src < 4).tolist():  # a record at the very start of the arena
         m = min(int(lens[k]), ROW)
@@ -233,7 +257,7 @@ def route_spans(
     ]
     return RouteBatch(
         runs=runs,
-        counts=[int(c) for c in counts],
+        counts=counts.tolist(),
         events=n,
         routed=n,
         statuses=[],
