@@ -36,7 +36,7 @@ from tb.feed import DISCONNECT_REASONS, AuthFailed, FeedError, Session
 from tb.loop import Loop, choose_loop
 from tb.pipes import PipeError, PipeWriter, open_pipes, spawn_worker
 from tb.route import Router
-from tb.route.spans import SPAN_PAD, route_spans
+from tb.route.spans import SPAN_PAD, Scratch, route_spans
 from tb.transport import FeedURL, TLSVerifyError, Transport, TransportError, connect
 from tb.ws import (
     Connection,
@@ -137,6 +137,7 @@ class Balancer:
         self.arena = bytearray(max(1 << 20, cfg.max_message + 64) + SPAN_PAD)
         self.view = memoryview(self.arena)
         self.arr = np.frombuffer(self.arena, dtype=np.uint8)  # the same bytes, for the span router
+        self.scratch = Scratch()  # the span router's buffers, reused batch after batch
         self.room = len(self.arena) - SPAN_PAD  # data never goes past this: row reads need slack
         self.start = self.end = 0
         self.transport: Transport | None = None
@@ -604,7 +605,7 @@ class Balancer:
     def _route_spans(self, starts, ends, ops) -> bool:
         """Route the scanned data frames; False if the connection failed (bad UTF-8)."""
         t0 = perf_counter()
-        batch = route_spans(self.arr, starts, ends, self.cfg.pipes, self.cfg.hash)
+        batch = route_spans(self.arr, starts, ends, self.cfg.pipes, self.cfg.hash, self.scratch)
         if batch is not None:
             self.c.messages += len(starts)
             self._account(batch, t0)
