@@ -57,6 +57,7 @@ _SP_Q = _le(b' "')
 _T_COMPACT, _T_COMPACT_TAIL = _le(b'{"ev":"T'), _le(b'","sym":')  # then '"': 17 bytes
 _T_SPACED, _T_SPACED_TAIL = _le(b'T", "sym'), _le(b'": "')  # after '{"ev": "': 20 bytes
 # _LOW_BYTES[k]: a mask of the low k bytes of a word
+_BYTE = _U64(0xFF)
 _LOW_BYTES = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [(1 << 64) - 1], dtype=np.uint64)
 
 
@@ -188,36 +189,41 @@ def route_spans(
     # 3. the key layout; the fast lane is the feed's exact trade prefix, compact or spaced
     w64 = _view(a, np.uint64)
     head = w64[start]
-    compact = (head == _T_COMPACT) & (w64[start + 8] == _T_COMPACT_TAIL) & (a[start + 16] == 0x22)
-    sym_at = start + 17
-    if not compact.all():
+    after = w64[start + 16]  # the quote opening the symbol, then its first 7 bytes
+    compact = (head == _T_COMPACT) & (w64[start + 8] == _T_COMPACT_TAIL) & ((after & _BYTE) == 0x22)
+    if compact.all():
+        sym_at = start + 17
+        first_word = after >> _U64(8)  # 7 symbol bytes; the top byte (0) is never a quote
+        known = 7
+    else:
         spaced = (
             (head == _SPACED)
             & (w64[start + 8] == _T_SPACED)
             & (_view(a, np.uint32)[start + 16] == _T_SPACED_TAIL)
         )
-        sym_at = np.where(spaced, start + 20, sym_at)
+        sym_at = np.where(spaced, start + 20, start + 17)
         if not (compact | spaced).all():
             sym_at = _sym_positions(a, w64, start, head)
             if sym_at is None:
                 return None
-    # 4. symbols: read as 8-byte words (one for most tickers); the first quote ends the symbol
-    first_word = w64[sym_at]
+        first_word = w64[sym_at]
+        known = 8
+    # 4. symbols: the first quote ends the symbol (most tickers fit the word already read)
     sym_len = _first_byte(first_word, 0x22)
-    longer = np.flatnonzero(sym_len == 8)
-    width = 8
+    longer = np.flatnonzero(sym_len >= known)
+    width = int(sym_len.max()) if not len(longer) else SYM_ROW
     if len(longer):
-        more = np.stack([w64[sym_at[longer] + 8 * k] for k in range(1, SYM_ROW // 8)], axis=1)
+        more = np.stack([w64[sym_at[longer] + 8 * k] for k in range(SYM_ROW // 8)], axis=1)
         extra = _first_byte(more[:, 0], 0x22)
         for k in range(1, more.shape[1]):
             extra = np.where(extra == 8 * k, 8 * k + _first_byte(more[:, k], 0x22), extra)
-        sym_len[longer] = 8 + extra
+        sym_len[longer] = extra
         width = int(sym_len.max())
         if width >= SYM_ROW:
             return None
     if not sym_len.all() or (sym_at + sym_len >= close).any():
         return None
-    if width <= 8:
+    if width < known:
         rows = (first_word & _LOW_BYTES[sym_len])[:, None].view(np.uint8)  # little-endian
     else:
         words = np.stack([w64[sym_at + 8 * k] for k in range((width + 7) // 8)], axis=1)
@@ -226,7 +232,9 @@ def route_spans(
         )
     if (rows == 0x5C).any():  # an escape in a symbol: the general way decodes it
         return None
-    pipes = VECTOR_HASHES[hash_name](fnv1a64_rows(rows, sym_len), npipes).astype(np.uint16)
+    # uint8 pipe numbers: numpy's stable radix sort takes one pass over them
+    pipes = VECTOR_HASHES[hash_name](fnv1a64_rows(rows, sym_len), npipes)
+    pipes = pipes.astype(np.uint8 if npipes <= 256 else np.uint16)
     return _build(a, start, close, pipes, npipes, scratch if keep_out else None)
 
 
@@ -262,7 +270,7 @@ def _build(a: np.ndarray, start, close, pipes, npipes: int, scratch: Scratch | N
     earlier; those few are rewritten exactly at the end.
     """
     n = len(start)
-    order = np.argsort(pipes, kind="stable")  # uint16: numpy's radix sort, stable
+    order = np.argsort(pipes, kind="stable")  # small unsigned ints: numpy's radix sort
     lens = close - start + 1
     sizes = lens + 4
     sorted_sizes = sizes[order]
@@ -289,8 +297,8 @@ def _build(a: np.ndarray, start, close, pipes, npipes: int, scratch: Scratch | N
     for k in np.flatnonzero(lens > ROW).tolist():  # the rare record longer than its row
         o, s0, m = int(dest[k]) + 4, int(start[k]), int(lens[k])
         view[o + ROW : o + m] = arena[s0 + ROW : s0 + m]
-    counts = np.bincount(pipes, minlength=npipes)
-    bounds = np.concatenate(([0], np.cumsum(counts)))
+    bounds = np.searchsorted(pipes[order], np.arange(npipes + 1))
+    counts = np.diff(bounds)
     byte_bounds = np.concatenate((offs, [total]))[bounds]
     # the start of each pipe's run: records within reach of the previous pipe's last row
     reach = width
