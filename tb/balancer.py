@@ -36,7 +36,7 @@ from tb.feed import DISCONNECT_REASONS, AuthFailed, FeedError, Session
 from tb.loop import Loop, choose_loop
 from tb.pipes import PipeError, PipeWriter, open_pipes, spawn_worker
 from tb.route import Router
-from tb.route.spans import SPAN_PAD, Scratch, route_spans
+from tb.route.spans import SPAN_PAD, Scratch, route_small, route_spans
 from tb.transport import FeedURL, TLSVerifyError, Transport, TransportError, connect
 from tb.ws import (
     Connection,
@@ -138,6 +138,7 @@ class Balancer:
         self.view = memoryview(self.arena)
         self.arr = np.frombuffer(self.arena, dtype=np.uint8)  # the same bytes, for the span router
         self.scratch = Scratch()  # the span router's buffers, reused batch after batch
+        self.symbol_pipes: dict[bytes, int] = {}  # the small-batch lane's symbol -> pipe cache
         self.room = len(self.arena) - SPAN_PAD  # data never goes past this: row reads need slack
         self.start = self.end = 0
         self.transport: Transport | None = None
@@ -605,7 +606,18 @@ class Balancer:
     def _route_spans(self, starts, ends, ops) -> bool:
         """Route the scanned data frames; False if the connection failed (bad UTF-8)."""
         t0 = perf_counter()
-        batch = route_spans(self.arr, starts, ends, self.cfg.pipes, self.cfg.hash, self.scratch)
+        # numpy's fixed cost per batch (~0.5-1 ms) pays only for big batches; small ones (a
+        # quiet feed's few trades per receive) take the same rules in plain Python
+        if int(ends[-1]) - int(starts[0]) >= self.router.numpy_min_bytes:
+            batch = route_spans(self.arr, starts, ends, self.cfg.pipes, self.cfg.hash, self.scratch)
+        else:
+            view = self.view
+            batch = route_small(
+                [view[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)],
+                self.cfg.pipes,
+                self.cfg.hash,
+                self.symbol_pipes,
+            )
         if batch is not None:
             self.c.messages += len(starts)
             self._account(batch, t0)

@@ -33,9 +33,9 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from .batch import RouteBatch
-from .hashing import VECTOR_HASHES, fnv1a64_rows
+from .hashing import HASHES, VECTOR_HASHES, fnv1a64_rows
 
-__all__ = ["route_spans", "Scratch", "SPAN_PAD", "ROW"]
+__all__ = ["route_spans", "route_small", "Scratch", "SPAN_PAD", "ROW"]
 
 ROW = 188  # record bytes per row: a row costs ~35 ns whatever its width, and trades fit
 SYM_ROW = 32  # symbol row width: longer symbols go the general way (as MAX_FAST_SYMBOL)
@@ -343,3 +343,67 @@ def _empty(npipes: int) -> RouteBatch:
         malformed=0,
         errors=[],
     )
+
+
+_PREFIX_COMPACT = b'{"ev":"T","sym":"'
+_PREFIX_SPACED = b'{"ev": "T", "sym": "'
+
+
+def route_small(
+    payloads: list, npipes: int, hash_name: str, cache: dict[bytes, int]
+) -> RouteBatch | None:
+    """The same as route_spans for a small batch of payloads, in plain Python; None if unusual.
+
+    For batches too small for numpy's fixed cost (a quiet feed's 1-5 trades per receive).
+    `cache` maps symbols to pipes across calls (symbols repeat; FNV in Python is slow).
+    Objects are found as in route_spans: the exact trade prefix, the first quote after it ends
+    the symbol, the first "}" after that ends the object, then "," and the next prefix or "]".
+    """
+    pick = HASHES[hash_name]
+    runs: list = [None] * npipes
+    counts = [0] * npipes
+    n = 0
+    for view in payloads:
+        msg = bytes(view)
+        size = len(msg)
+        if size < 2 or msg[0] != 0x5B or msg[-1] != 0x5D:
+            return None
+        # printable ASCII without backslashes only (the general path decides the rest)
+        if not msg.isascii() or b"\\" in msg or not msg.decode("ascii").isprintable():
+            return None
+        if size == 2:
+            continue
+        pos = 1
+        while True:
+            if msg.startswith(_PREFIX_COMPACT, pos):
+                sym_at = pos + 17
+            elif msg.startswith(_PREFIX_SPACED, pos):
+                sym_at = pos + 20
+            else:
+                return None
+            quote = msg.find(b'"', sym_at)
+            close = msg.find(b"}", quote)
+            if quote <= sym_at or quote - sym_at >= SYM_ROW or close < 0:
+                return None
+            sym = msg[sym_at:quote]
+            pipe = cache.get(sym)
+            if pipe is None:
+                pipe = cache[sym] = pick(sym, npipes)
+            run = runs[pipe]
+            if run is None:
+                run = runs[pipe] = bytearray()
+            run += (close + 1 - pos).to_bytes(4, "little")
+            run += msg[pos : close + 1]
+            counts[pipe] += 1
+            n += 1
+            after = msg[close + 1]
+            if after == 0x5D:  # "]": the last object, and nothing may follow it
+                if close + 2 != size:
+                    return None
+                break
+            if after != 0x2C:
+                return None
+            pos = close + 2
+            if msg[pos] == 0x20:  # ", {"
+                pos += 1
+    return RouteBatch(runs=runs, counts=counts, events=n, routed=n)

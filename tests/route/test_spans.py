@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from tb.gen import generate
 from tb.route import Router
-from tb.route.spans import ROW, SPAN_PAD, route_spans
+from tb.route.spans import ROW, SPAN_PAD, route_small, route_spans
 from tb.ws import Opcode, encode_frame
 
 
@@ -28,6 +28,10 @@ def arena_of(payloads: list[bytes], lead: int = 0):
         ends.append(len(frames))
     arena = bytearray(frames) + bytes(SPAN_PAD)
     return np.frombuffer(arena, np.uint8), np.array(starts, np.int64), np.array(ends, np.int64)
+
+
+def small(payloads, npipes=5, hash_name="mixed"):
+    return route_small([memoryview(p) for p in payloads], npipes, hash_name, {})
 
 
 def same(a, b) -> bool:
@@ -51,7 +55,9 @@ def test_generated_feeds_identical_to_python_path(profile, style, hash_name, npi
     a, starts, ends = arena_of(payloads)
     got = route_spans(a, starts, ends, npipes, hash_name)
     assert got is not None
-    assert same(got, Router(npipes, hash=hash_name).route_python(payloads))
+    ref = Router(npipes, hash=hash_name).route_python(payloads)
+    assert same(got, ref)
+    assert same(small(payloads, npipes, hash_name), ref)
 
 
 def trade(sym: str, q: int, extra: str = "", spaced: bool = False) -> bytes:
@@ -78,7 +84,8 @@ def test_long_records_long_symbols_and_the_arena_start():
     for lead in (0, 1, 5):
         a, starts, ends = arena_of(payloads, lead)
         got = route_spans(a, starts, ends, 5)
-        assert got is not None and same(got, Router(5).route_python(payloads))
+        ref = Router(5).route_python(payloads)
+        assert got is not None and same(got, ref) and same(small(payloads), ref)
 
 
 @pytest.mark.parametrize(
@@ -100,6 +107,7 @@ def test_declines_what_is_not_feed_shaped(odd):
     payloads = [message([trade("AAPL", 1)]), odd, message([trade("MSFT", 2)])]
     a, starts, ends = arena_of(payloads)
     assert route_spans(a, starts, ends, 4) is None
+    assert small(payloads, 4) is None
 
 
 def test_frame_header_bytes_are_not_json():
@@ -135,8 +143,12 @@ def test_random_batches_agree_or_decline(batch, spaced, npipes, hash_name, lead)
     ]
     a, starts, ends = arena_of(payloads, lead)
     got = route_spans(a, starts, ends, npipes, hash_name)
+    ref = Router(npipes, hash=hash_name).route_python(payloads)
     if got is not None:
-        assert same(got, Router(npipes, hash=hash_name).route_python(payloads))
+        assert same(got, ref)
+    lane = small(payloads, npipes, hash_name)
+    if lane is not None:
+        assert same(lane, ref)
 
 
 def test_most_random_batches_take_the_fast_path():
