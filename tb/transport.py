@@ -4,11 +4,11 @@ Theory of operation: a transport is connected and handshaken (TCP, then TLS when
 the loop sees it; from then on it is a nonblocking fd with `recv_into(view) -> n` (0 at EOF,
 `None` when nothing is ready) and `send(data) -> n`. Plain TCP reads the socket straight into the
 arena; userspace TLS reads through `SSLSocket.recv_into`, which may hold decrypted bytes that the
-fd no longer shows as readable, so `recv_into` keeps reading until the SSL object is empty or the
-view is full; kernel TLS (tb.ktls, `--tls ktls|auto`) hands the record layer to the kernel after
-the handshake and reads plaintext with `recvmsg_into`, no copy through OpenSSL. Connecting is
-blocking with a timeout: it happens only between sessions. `--tls auto` logs one line saying
-which TLS was chosen and why.
+fd no longer shows as readable, so `recv_into` keeps reading until the socket and the SSL object
+are empty or the view is full; kernel TLS (tb.ktls, `--tls ktls|auto`) hands the record layer to
+the kernel after the handshake and reads plaintext with `recvmsg_into`, no copy through OpenSSL.
+Connecting is blocking with a timeout: it happens only between sessions. `--tls auto` logs one
+line saying which TLS was chosen and why.
 """
 
 from __future__ import annotations
@@ -125,8 +125,10 @@ class Transport:
             if n == 0:
                 return got
             got += n
-            if not sock.pending():
-                break
+            # No break when pending() is 0: each SSL read returns at most one 16 KiB record, so
+            # keep reading until the socket is empty (SSLWantReadError) or the view is full.
+            # Bigger reads mean bigger routing batches (measured in the kTLS VM: stopping at
+            # pending() == 0 gave ~16 KiB per call against ~170 KiB per kTLS recvmsg).
         return got if got else None
 
     def send(self, data: bytes | memoryview) -> int:

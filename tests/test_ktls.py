@@ -461,3 +461,15 @@ def test_tb_run_over_wss_with_ktls_delivers_every_trade(tmp_path, ca, feed, tls,
     chosen = [line for line in proc.stderr.splitlines() if "tb.transport INFO: TLS " in line]
     assert len(chosen) == 1 and expect in chosen[0], chosen
     assert "Traceback" not in proc.stderr
+
+
+def test_tb_check_reports_ktls_on_with_its_ciphers(ktls_kernel):
+    import json
+
+    proc = e2e.run_tb(["check", "--json"])
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    entry = next(c for c in report["checks"] if c["name"] == "kTLS")
+    assert entry["on"] and "kTLS" in report["fast_paths"], entry
+    for offered in ("TLS1.2 AES-128-GCM", "TLS1.3 AES-256-GCM", "TLS1.3 ChaCha20-Poly1305"):
+        assert offered in entry["detail"], entry
