@@ -125,6 +125,10 @@ class Counters:
     per_pipe: list[int] = field(default_factory=list)
 
 
+def _list(x) -> list:
+    return x.tolist() if isinstance(x, np.ndarray) else x
+
+
 class Balancer:
     """Runs `tb run` until a signal, a fatal error, or (with --once) the end of the connection."""
 
@@ -609,11 +613,18 @@ class Balancer:
         # numpy's fixed cost per batch (~0.5-1 ms) pays only for big batches; small ones (a
         # quiet feed's few trades per receive) take the same rules in plain Python
         if int(ends[-1]) - int(starts[0]) >= self.router.numpy_min_bytes:
-            batch = route_spans(self.arr, starts, ends, self.cfg.pipes, self.cfg.hash, self.scratch)
+            batch = route_spans(
+                self.arr,
+                np.asarray(starts, dtype=np.int64),
+                np.asarray(ends, dtype=np.int64),
+                self.cfg.pipes,
+                self.cfg.hash,
+                self.scratch,
+            )
         else:
             view = self.view
             batch = route_small(
-                [view[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)],
+                [view[s:e] for s, e in zip(_list(starts), _list(ends), strict=True)],
                 self.cfg.pipes,
                 self.cfg.hash,
                 self.symbol_pipes,
@@ -634,7 +645,7 @@ class Balancer:
             self._send(self.ws.data_to_send())
             self._connection_lost("protocol error: a text message is not UTF-8")
             return False
-        self._route([view[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)])
+        self._route([view[s:e] for s, e in zip(_list(starts), _list(ends), strict=True)])
         return self.transport is not None
 
     def _route(self, messages: list) -> None:

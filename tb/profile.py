@@ -362,8 +362,14 @@ def _latency(summary_path: Path, payloads: list[bytes], send_log: list) -> dict:
     sent = np.zeros(len(payloads), dtype=np.int64)
     for first, last, t in send_log:
         sent[first : last + 1] = t
+    stamps = [(q, t) for q, t in summary["stamps"] if q in msg_of_q]
+    if not stamps:
+        return {}
+    # Warm-up excluded: until the worker's interpreter is up and reading, trades wait in the
+    # pipes; that is start-up, not the steady-state latency measured here.
+    warm = min(t for _, t in stamps) + 250_000_000
     lat = np.array(
-        [t - sent[msg_of_q[q]] for q, t in summary["stamps"] if q in msg_of_q], dtype=np.float64
+        [t - sent[msg_of_q[q]] for q, t in stamps if sent[msg_of_q[q]] >= warm], dtype=np.float64
     )
     lat /= 1000.0
     if not len(lat):

@@ -30,13 +30,12 @@ SMALL_FRAME = 2048  # mean payload size below which the vectorized strategy pays
 _PROBE = 16  # frames scanned in Python before choosing a strategy
 
 
-def scan_data_frames(
-    a: np.ndarray, view: memoryview, pos: int, end: int, max_message: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def scan_data_frames(a: np.ndarray, view: memoryview, pos: int, end: int, max_message: int):
     """Spans of the plain data frames at the start of a[pos:end].
 
     `a` and `view` are the same buffer (a uint8 array, a memoryview), with at least 4 bytes of
-    slack after `end`. Returns (payload starts, payload ends, opcodes, where scanning stopped).
+    slack after `end`. Returns (payload starts, payload ends, opcodes, where scanning stopped):
+    int64/uint8 arrays when many small frames were scanned vectorized, else lists.
     """
     starts: list[int] = []
     ends: list[int] = []
@@ -69,19 +68,16 @@ def scan_data_frames(
                 np.concatenate((np.array(ends, dtype=np.int64), ve)),
                 np.concatenate((np.array(ops, dtype=np.uint8), vo)),
                 stop,
-            )
+            )  # arrays: the vectorized strategy's caller has many frames
         if len(starts) == _PROBE:
             return _scan_python(view, starts, ends, ops, p, end, max_message)
     return _arrays(starts, ends, ops, p)
 
 
 def _arrays(starts: list, ends: list, ops: list, stop: int):
-    return (
-        np.array(starts, dtype=np.int64),
-        np.array(ends, dtype=np.int64),
-        np.array(ops, dtype=np.uint8),
-        stop,
-    )
+    # Plain lists from the Python strategies: a few frames are cheaper to hand on as lists
+    # than as arrays (callers take either: len, indexing, iteration).
+    return starts, ends, ops, stop
 
 
 def _scan_python(view: memoryview, starts, ends, ops, p: int, end: int, max_message: int):
@@ -149,9 +145,13 @@ def _scan_vectorized(a: np.ndarray, pos: int, end: int, max_message: int):
     return cand[idx] + hl[idx], nxt[idx], (a[cand[idx]] & 0x0F).astype(np.uint8), stop
 
 
-def utf8_errors(view: memoryview, starts: np.ndarray, ends: np.ndarray, ops: np.ndarray) -> str:
+def _list(x) -> list:
+    return x.tolist() if isinstance(x, np.ndarray) else x
+
+
+def utf8_errors(view: memoryview, starts, ends, ops) -> str:
     """'' if every text payload is UTF-8, else the first decoder error."""
-    for s, e, op in zip(starts.tolist(), ends.tolist(), ops.tolist(), strict=True):
+    for s, e, op in zip(_list(starts), _list(ends), _list(ops), strict=True):
         if op == 1:
             try:
                 utf_8_decode(view[s:e], "strict", True)

@@ -33,7 +33,7 @@ def via_scan(data: bytes, max_message: int = 1 << 20):
     a = np.frombuffer(buf, np.uint8)
     view = memoryview(buf)
     starts, ends, ops, stop = scan_data_frames(a, view, 0, len(data), max_message)
-    got = [bytes(view[s:e]) for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
+    got = [bytes(view[s:e]) for s, e in zip(list(starts), list(ends), strict=True)]
     conn = Connection(max_message=max_message)
     used = conn.receive(view[stop : len(data)])
     got += [bytes(m) for m in conn.messages]
