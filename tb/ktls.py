@@ -226,7 +226,7 @@ def switch_to_ktls(ssock: ssl.SSLSocket, keylog: KeyLog | None) -> KTLSTransport
         suite = (ssock.cipher() or ("?",))[0]
         raw = socket.socket(ssock.family, ssock.type, ssock.proto, fileno=os.dup(ssock.fileno()))
         try:
-            info = _program_rx(ssock, raw, version, suite, secrets)
+            info = _program_rx(raw, version, suite, secrets)
         except BaseException:
             raw.close()
             raise
@@ -236,9 +236,7 @@ def switch_to_ktls(ssock: ssl.SSLSocket, keylog: KeyLog | None) -> KTLSTransport
             secret[:] = bytes(len(secret))
 
 
-def _program_rx(
-    ssock: ssl.SSLSocket, raw: socket.socket, version: str | None, suite: str, secrets: dict
-) -> KTLSInfo:
+def _program_rx(raw: socket.socket, version: str | None, suite: str, secrets: dict) -> KTLSInfo:
     tx = "kernel" if _ulp(raw) == b"tls" and ktls_direction(raw, TLS_TX) else "userspace"
     if version == "TLSv1.2":
         rx = ktls_direction(raw, TLS_RX) if _ulp(raw) == b"tls" else None
