@@ -227,7 +227,10 @@ def run_profile(args: argparse.Namespace, live: bool = True) -> ProfileResult:
             url = server.url
         res = _measure(args, res, url + "/stocks", work, latency, live)
         if latency and res.ok:
-            res.latency_us = _latency(work / "worker.json", payloads, send_log)
+            if (work / "worker.json").exists():
+                res.latency_us = _latency(work / "worker.json", payloads, send_log)
+            else:
+                res.error = "the worker wrote no latency stamps"
         return res
     finally:
         if replay is not None:
@@ -303,14 +306,12 @@ def _measure(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        if latency:  # the worker writes its stamps at EOF; give it the time to get there
-            deadline = time.monotonic() + 30
-            while not (work / "worker.json").exists() and time.monotonic() < deadline:
-                time.sleep(0.05)
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # a worker left behind (it may never see EOF)
-        except ProcessLookupError:
-            pass
+        if latency:  # the worker writes its stamps at EOF, or when told to stop
+            _wait_for(work / "worker.json", 5)
+            if not (work / "worker.json").exists():
+                _signal_group(proc.pid, signal.SIGTERM)  # a worker that never sees EOF
+                _wait_for(work / "worker.json", 15)
+        _signal_group(proc.pid, signal.SIGKILL)  # whatever is left of the group
     res.samples = [(round(t - t0, 4), n, round(c, 3)) for t, n, c in samples]
     res.delivered = delivered
     res.max_rss_mib = max_rss / (1 << 20)
@@ -333,6 +334,19 @@ def _measure(
     if final:
         res.tb = {k: v for k, v in (kv.split("=", 1) for kv in final[-1].split() if "=" in kv)}
     return res
+
+
+def _wait_for(path: Path, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _live_line(samples, total: int) -> None:

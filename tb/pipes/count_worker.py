@@ -84,11 +84,17 @@ def count(fds: list[int], progress: mmap.mmap | None) -> dict:
     return {"records": total, "per_pipe": records, "bytes": nbytes, "first": first, "last": last}
 
 
-def count_exactly(fds: list[int], progress: mmap.mmap | None, latency: bool) -> dict:
-    """Walk every header (and with latency, stamp each record's "q" on arrival)."""
+def count_exactly(
+    fds: list[int], progress: mmap.mmap | None, latency: bool, partial: dict | None = None
+) -> dict:
+    """Walk every header (and with latency, stamp each record's "q" on arrival).
+
+    `partial`, if given, holds the stamps so far (for a worker stopped by SIGTERM)."""
     records = [0] * len(fds)
     nbytes = [0] * len(fds)
     stamps: list[tuple[int, int]] = []
+    if partial is not None:
+        partial.update(records=0, per_pipe=records, bytes=nbytes, stamps=stamps, stopped=True)
     total = 0
     first = last = 0.0
     for pipe, record in read_records(fds):
@@ -115,6 +121,14 @@ def count_exactly(fds: list[int], progress: mmap.mmap | None, latency: bool) -> 
     return out
 
 
+class _Stopped(Exception):
+    pass
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise _Stopped
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m tb.pipes.count_worker", description=__doc__)
     parser.add_argument("--out", metavar="FILE", help="write the JSON summary here at EOF")
@@ -131,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     # A balancer that dies sends SIGHUP (PR_SET_PDEATHSIG): count what is in the pipes anyway,
     # to EOF, so the summary is written.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # SIGTERM: stop where it is and still write the summary (a harness ends a worker whose
+    # pipes never reach EOF this way).
+    signal.signal(signal.SIGTERM, _stop)
     progress = None
     if args.progress:
         size = progress_size(len(fds))
@@ -138,14 +155,17 @@ def main(argv: list[str] | None = None) -> int:
             f.write(b"\0" * size)
         handle = open(args.progress, "r+b")  # noqa: SIM115 (kept open with the mmap)
         progress = mmap.mmap(handle.fileno(), size)
+    partial: dict = {}
     try:
         if args.latency or args.verify:
-            summary = count_exactly(fds, progress, args.latency)
+            summary = count_exactly(fds, progress, args.latency, partial)
         else:
             summary = count(fds, progress)
     except PipeError as exc:
         print(f"count_worker: {exc}", file=sys.stderr)
         return 1
+    except _Stopped:
+        summary = partial or {"records": 0, "stopped": True}
     if args.out:
         tmp = f"{args.out}.tmp"
         with open(tmp, "w") as f:
