@@ -430,6 +430,19 @@ def format_result(r: ProfileResult) -> str:
     return "\n".join(lines)
 
 
+def _windowed(samples: list, window: float) -> tuple[list[float], list[float]]:
+    """Delivered trades/s (millions) over `window`-second steps of the 10 ms samples."""
+    ts, rate = [], []
+    j = 0
+    for i, (t, n, _) in enumerate(samples):
+        while samples[j][0] < t - window:
+            j += 1
+        if i > j and (not ts or t - ts[-1] >= window / 2):
+            ts.append(t)
+            rate.append((n - samples[j][1]) / (t - samples[j][0]) / 1e6)
+    return ts, rate
+
+
 def _plot(results: list[ProfileResult], path: str) -> None:
     try:
         import matplotlib
@@ -444,11 +457,7 @@ def _plot(results: list[ProfileResult], path: str) -> None:
     )
     ax = axes[0][0]
     for r in results:
-        s = r.samples
-        ts = [t for t, _, _ in s[1:]]
-        rate = [
-            (b[1] - a[1]) / max(1e-9, b[0] - a[0]) / 1e6 for a, b in zip(s, s[1:], strict=False)
-        ]
+        ts, rate = _windowed(r.samples, 0.1)
         ax.plot(ts, rate, label=f"{r.balancer} ({r.cpu_s_per_million:.3f} CPU s/M)")
     ax.set_xlabel("seconds")
     ax.set_ylabel("million trades/s delivered")
