@@ -201,9 +201,9 @@ class Balancer:
         self.loop.call_later(1.0, self._tick)
         try:
             self.loop.run()
+            return self._finish()  # our handlers stay: a second signal during the flush exits
         finally:
             self._restore_signals()
-        return self._finish()
 
     def _finish(self) -> int:
         self._drop_connection()
@@ -286,8 +286,7 @@ class Balancer:
         signal.set_wakeup_fd(self._old_wakeup)
         for s, h in self._old_handlers.items():
             signal.signal(s, h)
-        self.loop.remove_reader(self._sig_r.fileno())
-        self._sig_r.close()
+        self._sig_r.close()  # the loop is closed by now: nothing to unregister
         self._sig_w.close()
 
     def _on_signal(self, signum: int, frame: object) -> None:

@@ -108,3 +108,21 @@ def test_sigterm_under_load_delivers_everything_received(tmp_path, replay_factor
     assert int(final["received"]) == routed + int(final["statuses"]) + int(
         final["dropped_no_symbol"]
     )
+
+
+def test_a_second_signal_exits_at_once(tmp_path, replay_factory):
+    replay = replay_factory("--gen-profile", "burst", "--gen-trades", "200000", "--rate", "20000")
+    # a worker that never reads: the first SIGTERM's flush would wait for it
+    tb = LiveTb(["run", replay.url, "--pipes", "2", "--key", "k", "--pipe-size", "64K",
+                 "--shutdown-timeout", "60", "--workdir", str(tmp_path),
+                 "--", sys.executable, "-c", "import time; time.sleep(120)"])  # fmt: skip
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "streaming" not in tb.text:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    tb.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert tb.proc.poll() is None, "still flushing to a worker that does not read"
+    tb.proc.send_signal(signal.SIGTERM)
+    assert tb.wait(10) == 130
+    assert "second SIGTERM: exiting at once" in tb.text
