@@ -274,35 +274,61 @@ class KTLSTransport(Transport):
         self.info = info
         self._hs_skip = 0  # bytes of a handshake message still to skip (split across reads)
         self._hs_head = bytearray()  # a handshake header split across reads
+        self._ended: int | TransportError | None = None  # EOF or error held behind data
         self._sender = raw if info.tx == "kernel" else ssock
 
     def recv_into(self, view: memoryview) -> int | None:
-        """Read plaintext into `view`; 0 at EOF (or close_notify), None if nothing is ready.
+        """Read plaintext into `view` until the socket is empty or `view` is full; 0 at EOF (or
+        close_notify), None if nothing was ready. An error or the end that comes after some
+        data is reported on the next call, so the data before it is never lost.
 
         Raises:
             TransportError: decryption or socket failure, a fatal alert, an unexpected record.
             KTLSRekeyError: the server sent a KeyUpdate (reconnect).
         """
+        if self._ended is not None:
+            if isinstance(self._ended, Exception):
+                raise self._ended
+            return 0
         recvmsg_into = self.raw.recvmsg_into
-        while True:
+        got, size = 0, len(view)
+        while got < size:
             try:
-                n, anc, _flags, _ = recvmsg_into((view,), _CMSG_SPACE)
+                n, anc, _flags, _ = recvmsg_into((view[got:],), _CMSG_SPACE)
             except (BlockingIOError, InterruptedError):
-                return None
+                break
             except OSError as exc:
-                raise TransportError(_recv_error(exc)) from None
-            # The kernel tags every record with its type when given a control buffer; reads
-            # never mix types, so one check per read covers all n bytes.
+                return self._end(got, TransportError(_recv_error(exc)))
+            # The kernel tags every record with its type when given a control buffer; one
+            # read never mixes types, so one check per read covers all n bytes. Reading on
+            # until EAGAIN: one recvmsg stops at the records already complete (measured
+            # ~200 KiB a call at full speed), and bigger reads mean bigger routing batches.
             if not anc or anc[0][2][0] == REC_DATA:
-                return n
+                if n == 0:
+                    return self._end(got, 0)
+                got += n
+                continue
             rtype = anc[0][2][0]
-            if rtype == REC_HANDSHAKE:
-                self._handshake(view[:n])
-            elif rtype == REC_ALERT:
-                if self._alert(bytes(view[:n])):
-                    return 0
-            else:
-                raise TransportError(f"unexpected TLS record type {rtype} from the server")
+            try:
+                if rtype == REC_HANDSHAKE:
+                    self._handshake(view[got : got + n])
+                elif rtype == REC_ALERT:
+                    if self._alert(bytes(view[got : got + n])):
+                        return self._end(got, 0)
+                else:
+                    raise TransportError(f"unexpected TLS record type {rtype} from the server")
+            except TransportError as exc:
+                return self._end(got, exc)
+        return got if got else None
+
+    def _end(self, got: int, why: int | TransportError) -> int:
+        """Return the data read so far; the end (0 or an error) comes now if there is none."""
+        if got:
+            self._ended = why
+            return got
+        if isinstance(why, Exception):
+            raise why
+        return 0
 
     def _handshake(self, data: memoryview) -> None:
         """Post-handshake messages: skip NewSessionTicket, stop at KeyUpdate, refuse the rest."""
