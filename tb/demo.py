@@ -105,6 +105,8 @@ def _run(args, py: str, url: str, out: str, run_log_path: str, replay_log_path: 
                     f"  routed {int(m.group(2)):>12,}  queued {int(m.group(3)):>9,}",
                     flush=True,
                 )
+            if "flushing" in line or "connection ended" in line:
+                print(f"  {time.monotonic() - t0:5.1f} s  tb: {line.split(': ', 1)[-1].strip()}")
             f = _FINAL.search(line)
             if f:
                 final = f
