@@ -639,16 +639,20 @@ class Balancer:
         # Not feed-shaped (statuses, other layouts, unicode...): the general router, after the
         # UTF-8 check that the span router's ASCII test would have made unnecessary.
         view = self.view
-        error = utf8_errors(view, starts, ends, ops)
-        if error:
+        bad, error = utf8_errors(view, starts, ends, ops)
+        spans = list(zip(_list(starts), _list(ends), strict=True))
+        if bad >= 0:
+            if bad:  # the messages before the bad one arrived whole: they are routed
+                self._route([view[s:e] for s, e in spans[:bad]])
             log.error(
                 "websocket protocol error from the server: text message is not UTF-8 (%s)", error
             )
-            self.ws.send_close(1007, "invalid UTF-8")
-            self._send(self.ws.data_to_send())
+            if self.ws is not None:
+                self.ws.send_close(1007, "invalid UTF-8")
+                self._send(self.ws.data_to_send())
             self._connection_lost("protocol error: a text message is not UTF-8")
             return False
-        self._route([view[s:e] for s, e in zip(_list(starts), _list(ends), strict=True)])
+        self._route([view[s:e] for s, e in spans])
         return self.transport is not None
 
     def _route(self, messages: list) -> None:

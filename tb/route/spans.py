@@ -125,7 +125,7 @@ def route_spans(
     if nmsg == 0:
         return None
     lo, hi = int(starts[0]), int(ends[-1])
-    if len(a) < hi + SPAN_PAD:
+    if hi - lo < 2 or len(a) < hi + SPAN_PAD:  # not even "[]": the general way counts it
         return None
     region = a[lo:hi]
     # 1. bytes outside 0x20..0x7F inside payloads: min/max of the region with the frame headers

@@ -151,7 +151,9 @@ def parse_client_response(
         return 0
     version, _, rest = lines[0].partition(" ")
     code, _, phrase = rest.partition(" ")
-    if version != "HTTP/1.1" or not (len(code) == 3 and code.isdigit()):
+    if version != "HTTP/1.1" or not (
+        len(code) == 3 and code.isascii() and code.isdigit() and code[0] != "0"
+    ):
         raise InvalidHandshake(f"not an HTTP/1.1 status line: {lines[0][:80]!r}")
     status = int(code)
     if status != 101:
@@ -198,8 +200,8 @@ def parse_server_request(buf: bytes | bytearray | memoryview) -> tuple[int, Requ
         )
     key = headers.get("sec-websocket-key", "")
     try:
-        raw = base64.b64decode(key, validate=True)
-    except binascii.Error:
+        raw = base64.b64decode(key, validate=True) if key.isascii() else b""
+    except (binascii.Error, ValueError):
         raw = b""
     if len(raw) != 16:
         raise InvalidHandshake(f"Sec-WebSocket-Key {key[:40]!r} is not 16 bytes in base64", 400)

@@ -149,12 +149,12 @@ def _list(x) -> list:
     return x.tolist() if isinstance(x, np.ndarray) else x
 
 
-def utf8_errors(view: memoryview, starts, ends, ops) -> str:
-    """'' if every text payload is UTF-8, else the first decoder error."""
-    for s, e, op in zip(_list(starts), _list(ends), _list(ops), strict=True):
+def utf8_errors(view: memoryview, starts, ends, ops) -> tuple[int, str]:
+    """(index, decoder error) of the first text payload that is not UTF-8, else (-1, '')."""
+    for i, (s, e, op) in enumerate(zip(_list(starts), _list(ends), _list(ops), strict=True)):
         if op == 1:
             try:
                 utf_8_decode(view[s:e], "strict", True)
             except UnicodeDecodeError as exc:
-                return str(exc)
-    return ""
+                return i, str(exc)
+    return -1, ""

@@ -1,15 +1,13 @@
-"""Bugs the fuzzers found in tb, pinned as strict xfails until the owner fixes them.
+"""Bugs the fuzzers found in tb, fixed, and kept here as regression tests.
 
-Each test states what must hold; when the fix lands the test passes, strict=True turns that
-into a failure here, and the xfail mark (and the entry in fuzz_targets.KNOWN_BUGS) goes.
-The same inputs are in tests/corpus/ (named bug-*).
+The same inputs are in tests/corpus/ (named bug-*). A newly found bug is pinned here as a
+strict xfail (and listed in fuzz_targets.KNOWN_BUGS) until it is fixed.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from fuzz_targets import KNOWN_BUGS
 
 from tb.route.spans import SPAN_PAD, route_spans
 from tb.ws import InvalidHandshake, parse_client_response, parse_server_request
@@ -17,7 +15,6 @@ from tb.ws import InvalidHandshake, parse_client_response, parse_server_request
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN_BUGS["handshake-nonascii-key"])
 def test_server_request_with_a_non_ascii_key_is_an_invalid_handshake():
     raw = (
         b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -28,13 +25,11 @@ def test_server_request_with_a_non_ascii_key_is_an_invalid_handshake():
     assert info.value.status == 400
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN_BUGS["handshake-status-digit"])
 def test_status_code_of_unicode_digits_is_an_invalid_handshake():
     with pytest.raises(InvalidHandshake):
         parse_client_response(b"HTTP/1.1 1\xb31 Switching Protocols\r\n\r\n", KEY)
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN_BUGS["spans-empty-batch"])
 def test_route_spans_on_a_batch_of_empty_payloads_does_not_raise():
     # one zero-length TEXT frame (0x81 0x00): scan_data_frames yields the span (2, 2)
     arena = np.frombuffer(bytearray(b"\x81\x00") + bytes(SPAN_PAD), np.uint8)
