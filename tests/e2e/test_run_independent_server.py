@@ -143,17 +143,24 @@ def test_non_json_payload_is_counted_and_the_rest_is_delivered(tmp_path):
     check_delivery(read_log(log), good + ['[{"ev":"T","sym":"NVDA","i":"4","q":4}]'], 3)
 
 
-def test_invalid_utf8_closes_1007(tmp_path):
-    feed = ScriptedFeed([frame(b'[{"ev":"T","sym":"A\xff"}]')])
+@pytest.mark.parametrize("before", [0, 1, 40])
+def test_invalid_utf8_closes_1007_and_keeps_what_came_before(tmp_path, before):
+    good = [json.dumps([trade("AAPL", q), trade("MSFT", q + 1000)]) for q in range(before)]
+    # sent in one piece: the good messages and the bad one arrive in the same receive
+    feed = ScriptedFeed(
+        [b"".join(frame(m.encode()) for m in good) + frame(b'[{"ev":"T","sym":"A\xff"}]')]
+    )
+    log = tmp_path / "l"
     try:
         proc = run_tb(["run", f"ws://127.0.0.1:{feed.port}/", "--pipes", "2", "--key", "k", "--once",
-                       "--workdir", str(tmp_path), "--", sys.executable, VERIFY_WORKER, str(tmp_path / "l")])  # fmt: skip
+                       "--workdir", str(tmp_path), "--", sys.executable, VERIFY_WORKER, str(log)])  # fmt: skip
         feed.thread.join(10)
     finally:
         feed.close()
     assert proc.returncode == 5, proc.stderr
     assert close_code_sent(feed.received) == 1007
     assert "Traceback" not in proc.stderr
+    check_delivery(read_log(log), good, 2)
 
 
 def test_oversized_message_closes_1009(tmp_path):
