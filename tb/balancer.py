@@ -64,7 +64,7 @@ EXIT_CODES = {
     EXIT_AUTH: "authentication failed (wrong key)",
     EXIT_WORKER: "the worker exited or could not be started",
     EXIT_CONNECT: "--once: the connection failed or ended abnormally",
-    EXIT_TLS: "TLS certificate verification failed",
+    EXIT_TLS: "TLS setup failed: the certificate did not verify, or --tls ktls is unavailable",
     EXIT_OVERFLOW: "--on-overflow exit: the pipes stayed full past --overflow-timeout",
 }
 

@@ -23,7 +23,7 @@ EXIT_HELP = """exit codes:
   3  authentication failed (the server refused the key; the message names where it came from)
   4  the worker exited, or could not be started
   5  --once: the connection failed or ended abnormally
-  6  TLS certificate verification failed
+  6  TLS setup failed: the certificate did not verify, or --tls ktls is not available here
   7  --on-overflow exit: the pipes stayed full for longer than --overflow-timeout
 """
 

@@ -39,6 +39,11 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--pipes", type=int, default=4, help="pipes to the worker (default 4)")
     p.add_argument("--out", default="tb-demo", help="output folder (default ./tb-demo)")
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve wss:// with a throwaway self-signed certificate, which tb run verifies",
+    )
     p.set_defaults(func=main)
 
 
@@ -48,7 +53,7 @@ def _wait_listening(proc: subprocess.Popen, timeout: float) -> str:
         line = proc.stdout.readline()
         if not line:
             break
-        m = re.search(r"listening on (ws://\S+)", line)
+        m = re.search(r"listening on (wss?://\S+)", line)
         if m:
             return m.group(1)
     raise RuntimeError("tb replay did not start listening")
@@ -65,7 +70,8 @@ def main(args: argparse.Namespace) -> int:
     )
     replay = subprocess.Popen(
         [py, "-m", "tb", "replay", "--listen", "127.0.0.1:0", "--close-after",
-         "--gen-profile", args.profile, "--gen-trades", str(args.trades)],
+         "--gen-profile", args.profile, "--gen-trades", str(args.trades)]
+        + (["--tls-self-signed"] if args.tls else []),
         stdout=subprocess.PIPE, stderr=replay_log, text=True,
     )  # fmt: skip
     try:
@@ -75,7 +81,17 @@ def main(args: argparse.Namespace) -> int:
             print(f"tb demo: {exc} (see {replay_log.name})", file=sys.stderr)
             return 1
         print(f"tb demo: replay server on {url}")
-        return _run(args, py, url + "/stocks", out, run_log_path, replay_log.name)
+        extra: list[str] = []
+        if args.tls:
+            with open(replay_log.name) as f:
+                m = re.search(r"--cafile (\S+)", f.read())
+            if not m:
+                print(
+                    f"tb demo: tb replay did not say where its certificate is ({replay_log.name})"
+                )
+                return 1
+            extra = ["--cafile", m.group(1)]
+        return _run(args, py, url + "/stocks", out, run_log_path, replay_log.name, extra)
     finally:
         replay.terminate()
         try:
@@ -85,12 +101,14 @@ def main(args: argparse.Namespace) -> int:
         replay_log.close()
 
 
-def _run(args, py: str, url: str, out: str, run_log_path: str, replay_log_path: str) -> int:
+def _run(
+    args, py: str, url: str, out: str, run_log_path: str, replay_log_path: str, extra: list[str]
+) -> int:
     summary_path = os.path.join(out, "worker-summary.json")
     if os.path.exists(summary_path):
         os.unlink(summary_path)
     cmd = [py, "-m", "tb", "run", url, "--pipes", str(args.pipes), "--key", "demo", "--once",
-           "--stats", "1", "--workdir", out, "--",
+           "--stats", "1", "--workdir", out, *extra, "--",
            py, "-m", "tb.pipes.example_worker", "--out", "worker-summary.json"]  # fmt: skip
     t0 = time.monotonic()
     final = None
