@@ -9,7 +9,7 @@ import sys
 
 from tb import __version__
 
-__all__ = ["main", "parse_size", "CLIError"]
+__all__ = ["main", "parse_size", "positive_int", "positive_float", "CLIError"]
 
 
 class CLIError(Exception):
@@ -51,13 +51,25 @@ def parse_size(text: str) -> int:
     return value
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (underscores allowed: 1_000_000)."""
     try:
-        value = int(text)
+        value = int(text.replace("_", ""))
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a number > 0."""
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
     return value
 
 
@@ -71,7 +83,7 @@ def add_run_arguments(p: argparse.ArgumentParser, *, positional: bool = True) ->
     if positional:
         p.add_argument("url", help="feed URL, ws://HOST[:PORT]/PATH or wss://...")
         p.add_argument(
-            "--pipes", "-n", type=_positive_int, required=True, help="number of pipes to the worker"
+            "--pipes", "-n", type=positive_int, required=True, help="number of pipes to the worker"
         )
         p.add_argument("--key", help="API key (else $POLYGON_API_KEY, else $MASSIVE_API_KEY)")
         p.add_argument("--key-file", help="read the API key from this file (keeps it off argv)")
@@ -158,7 +170,7 @@ def add_run_arguments(p: argparse.ArgumentParser, *, positional: bool = True) ->
     )
     p.add_argument(
         "--max-restarts",
-        type=_positive_int,
+        type=positive_int,
         default=10,
         help="give up (exit 4) after this many restarts within 60 s (default 10)",
     )
@@ -297,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lb.add_argument("key", help="API key")
     lb.add_argument("address", help="feed URL")
-    lb.add_argument("npipes", type=_positive_int, help="number of pipes")
+    lb.add_argument("npipes", type=positive_int, help="number of pipes")
     lb.add_argument("workdir", help="the worker's working directory")
     lb.add_argument("worker", nargs=argparse.REMAINDER, help="worker program and its arguments")
     add_run_arguments(lb, positional=False)

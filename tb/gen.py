@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tb.capture import CaptureWriter
+from tb.cli import positive_int
 
 PROFILES = ("burst", "quiet")
 STYLES = ("compact", "spaced")
@@ -396,14 +397,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--trades",
-        type=_positive_int,
+        type=positive_int,
         default=1_000_000,
         metavar="N",
         help="number of trades (default 1000000)",
     )
     p.add_argument(
         "--symbols",
-        type=_positive_int,
+        type=positive_int,
         default=10000,
         metavar="N",
         help="size of the ticker universe (default 10000)",
@@ -416,16 +417,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help='compact: no spaces (default); spaced: json.dumps defaults (", " and ": ")',
     )
     p.set_defaults(func=main)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return value
 
 
 def main(args: argparse.Namespace) -> int:

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tb.capture import CaptureError, read_capture
+from tb.cli import positive_float, positive_int
 from tb.transport import TransportError, self_signed_context, server_context
 from tb.ws import (
     Connection,
@@ -657,26 +658,6 @@ def _listen_address(text: str) -> tuple[str, int]:
     return host, number
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return value
-
-
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register `tb replay` on a subparsers object."""
     from tb.gen import PROFILES
@@ -710,7 +691,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--rate",
-        type=_positive_float,
+        type=positive_float,
         metavar="TRADES_PER_S",
         help="pace each connection to this many trades per second (default: unpaced)",
     )
@@ -722,14 +703,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--repeat",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         metavar="N",
         help="send the capture N times on each connection (default 1)",
     )
     p.add_argument(
         "--max-connections",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="refuse clients beyond N at once with a max_connections status",
     )
@@ -755,7 +736,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--gen-trades",
-        type=_positive_int,
+        type=positive_int,
         default=1_000_000,
         metavar="N",
         help="without FILE: number of synthetic trades (default 1000000)",

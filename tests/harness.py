@@ -25,7 +25,7 @@ def tb_cmd(*args: str) -> list[str]:
 
 
 class Replay:
-    """`tb replay` as a subprocess; .url once it listens."""
+    """`tb replay` as a subprocess; .url (ws:// or wss://) once it listens."""
 
     def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(
@@ -35,7 +35,7 @@ class Replay:
             text=True,
         )
         line = self.proc.stdout.readline()
-        m = re.search(r"listening on (ws://\S+)", line)
+        m = re.search(r"listening on (wss?://\S+)", line)
         if not m:
             self.proc.kill()
             raise RuntimeError(f"replay did not start: {line!r} {self.proc.stderr.read()}")

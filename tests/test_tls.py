@@ -10,7 +10,6 @@ import json
 import re
 import socket
 import ssl
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -29,45 +28,10 @@ from tb.transport import (
 )
 
 
-class WssReplay:
-    """`tb replay ... --tls-*` as a subprocess; .url (wss://127.0.0.1:PORT) once it listens."""
-
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            e2e.tb_cmd("replay", "--listen", "127.0.0.1:0", *args),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        line = self.proc.stdout.readline()
-        m = re.search(r"listening on (wss://\S+)", line)
-        if not m:
-            self.proc.kill()
-            raise RuntimeError(f"replay did not start: {line!r} {self.proc.stderr.read()}")
-        self.url = m.group(1)
-
-    def stop(self) -> str:
-        self.proc.terminate()
-        try:
-            _, err = self.proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            _, err = self.proc.communicate()
-        return err
-
-
 @pytest.fixture
-def wss_replay():
-    made: list[WssReplay] = []
-
-    def make(*args: str) -> WssReplay:
-        r = WssReplay(*args)
-        made.append(r)
-        return r
-
-    yield make
-    for r in made:
-        r.stop()
+def wss_replay(replay_factory):
+    """`tb replay ... --tls-*` processes (harness.Replay), stopped after the test."""
+    return replay_factory
 
 
 @pytest.fixture(scope="module")

@@ -40,48 +40,32 @@ def scan_data_frames(a: np.ndarray, view: memoryview, pos: int, end: int, max_me
     starts: list[int] = []
     ends: list[int] = []
     ops: list[int] = []
-    p = pos
-    while p + 2 <= end and len(starts) < _PROBE:
-        b0 = view[p]
-        b1 = view[p + 1]
-        if (b0 != 0x81 and b0 != 0x82) or b1 > 126:
-            return _arrays(starts, ends, ops, p)
-        if b1 == 126:
-            s = p + 4
-            if s > end:
-                break
-            e = s + ((view[p + 2] << 8) | view[p + 3])
-        else:
-            s = p + 2
-            e = s + b1
-        if e > end or e - s > max_message:
-            break
-        starts.append(s)
-        ends.append(e)
-        ops.append(b0 & 0x0F)
-        p = e
-    else:
-        if len(starts) == _PROBE and (p - pos) / _PROBE < SMALL_FRAME:
-            vs, ve, vo, stop = _scan_vectorized(a, p, end, max_message)
-            return (
-                np.concatenate((np.array(starts, dtype=np.int64), vs)),
-                np.concatenate((np.array(ends, dtype=np.int64), ve)),
-                np.concatenate((np.array(ops, dtype=np.uint8), vo)),
-                stop,
-            )  # arrays: the vectorized strategy's caller has many frames
-        if len(starts) == _PROBE:
-            return _scan_python(view, starts, ends, ops, p, end, max_message)
-    return _arrays(starts, ends, ops, p)
+    p, more = _scan_python(view, starts, ends, ops, pos, end, max_message, _PROBE)
+    if more and (p - pos) / _PROBE < SMALL_FRAME:
+        vs, ve, vo, stop = _scan_vectorized(a, p, end, max_message)
+        return (
+            np.concatenate((np.array(starts, dtype=np.int64), vs)),
+            np.concatenate((np.array(ends, dtype=np.int64), ve)),
+            np.concatenate((np.array(ops, dtype=np.uint8), vo)),
+            stop,
+        )  # arrays: the vectorized strategy's caller has many frames
+    if more:
+        p, _ = _scan_python(view, starts, ends, ops, p, end, max_message, None)
+    # Plain lists from the Python strategy: a few frames are cheaper to hand on as lists than
+    # as arrays (callers take either: len, indexing, iteration).
+    return starts, ends, ops, p
 
 
-def _arrays(starts: list, ends: list, ops: list, stop: int):
-    # Plain lists from the Python strategies: a few frames are cheaper to hand on as lists
-    # than as arrays (callers take either: len, indexing, iteration).
-    return starts, ends, ops, stop
+def _scan_python(
+    view: memoryview, starts, ends, ops, p: int, end: int, max_message: int, limit: int | None
+) -> tuple[int, bool]:
+    """Scan frame headers from p, appending spans; stop after `limit` frames (None: no limit).
 
-
-def _scan_python(view: memoryview, starts, ends, ops, p: int, end: int, max_message: int):
+    Returns (where it stopped, whether it stopped only because of the limit)."""
+    count = 0
     while p + 2 <= end:
+        if count == limit:
+            return p, True
         b0 = view[p]
         b1 = view[p + 1]
         if (b0 != 0x81 and b0 != 0x82) or b1 > 126:
@@ -100,7 +84,8 @@ def _scan_python(view: memoryview, starts, ends, ops, p: int, end: int, max_mess
         ends.append(e)
         ops.append(b0 & 0x0F)
         p = e
-    return _arrays(starts, ends, ops, p)
+        count += 1
+    return p, False
 
 
 def _scan_vectorized(a: np.ndarray, pos: int, end: int, max_message: int):

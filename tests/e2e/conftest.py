@@ -1,1 +1,0 @@
-from harness import replay_factory, wait_for  # noqa: F401  (fixtures)
