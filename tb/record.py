@@ -120,6 +120,11 @@ def main(args: argparse.Namespace) -> int:
                 code = 5
                 break
             for payload in ws.messages:
+                if (args.messages and recorded >= args.messages) or (
+                    args.trades and events >= args.trades
+                ):
+                    stop.append(1)
+                    break
                 batch = router.route([payload])
                 if batch.events > len(batch.statuses):
                     cap.write(bytes(payload))
