@@ -138,7 +138,12 @@ def add_run_arguments(p: argparse.ArgumentParser, *, positional: bool = True) ->
         default=None,
         help="pipe buffer size to ask for (default: /proc/sys/fs/pipe-max-size)",
     )
-    p.add_argument("--loop", choices=["auto", "epoll", "uring"], default="auto", help="event loop")
+    p.add_argument(
+        "--loop",
+        choices=["auto", "epoll", "uring"],
+        default="auto",
+        help="event loop: auto (epoll until io_uring is measured faster), epoll, uring",
+    )
     p.add_argument(
         "--cafile", help="CA bundle to verify the server with (default: the system store)"
     )
@@ -251,15 +256,22 @@ def _run_config(args: argparse.Namespace, worker: list[str]):
     )
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _balancer(cfg):
     from tb.balancer import Balancer
+    from tb.loop import LoopError
 
+    try:
+        return Balancer(cfg)
+    except LoopError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
     cfg = _run_config(args, args.worker)
-    return Balancer(cfg).run()
+    return _balancer(cfg).run()
 
 
 def cmd_lb(args: argparse.Namespace) -> int:
-    from tb.balancer import Balancer
     from tb.transport import parse_url
 
     args.pipes = args.npipes
@@ -268,7 +280,7 @@ def cmd_lb(args: argparse.Namespace) -> int:
     cfg = _run_config(args, args.worker)
     # The original speaks TLS exactly when the port is 443, whatever the scheme says.
     cfg.tls = parse_url(args.address).port == 443
-    return Balancer(cfg).run()
+    return _balancer(cfg).run()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -287,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="ingest a feed and spread it over pipes to a worker",
         usage="tb run URL --pipes N [options] -- WORKER [ARGS...]",
         description="Connect to URL, authenticate, subscribe, and write every event to pipe "
-        "hash(symbol) %% N as [u32 LE length][JSON]. The worker is started as "
+        "hash(symbol) % N as [u32 LE length][JSON]. The worker is started as "
         "WORKER ARGS... FD0 ... FDn-1 with TB_PIPE_FDS=FD0,...,FDn-1 in its environment, in "
         "--workdir; it gets SIGHUP if tb dies. Reconnects with backoff unless --once.",
         epilog=EXIT_HELP,

@@ -138,6 +138,12 @@ def choose_loop(name: str = "auto") -> Loop:
     if name == "uring":
         try:
             from tb.loop.uring import UringLoop
+        except ModuleNotFoundError as exc:
+            if exc.name == "tb.loop.uring":
+                raise LoopError(
+                    "the io_uring loop is not part of this version of tb yet; use --loop epoll"
+                ) from None
+            raise LoopError(f"the io_uring loop is not available: {exc}") from None
         except Exception as exc:
             raise LoopError(f"the io_uring loop is not available: {exc}") from None
         return UringLoop()

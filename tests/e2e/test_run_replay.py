@@ -188,3 +188,10 @@ def test_worker_that_dies_is_reported_and_tb_exits_4(tmp_path, replay_factory, c
                    "--restart", "never", "--", sys.executable, "-c", "import sys; sys.exit(7)"])  # fmt: skip
     assert proc.returncode == 4, proc.stderr
     assert "exited with status 7" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_unavailable_loop_is_a_usage_error():
+    proc = run_tb(
+        ["run", "ws://127.0.0.1:1/", "--pipes", "2", "--key", "k", "--loop", "uring", "--", "true"]
+    )
+    assert proc.returncode == 2 and "--loop epoll" in proc.stderr and "Traceback" not in proc.stderr
