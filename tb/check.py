@@ -151,6 +151,15 @@ def probe_io_uring() -> Finding:
         fix = "sysctl -w kernel.io_uring_disabled=0" if disabled not in (None, "0") else ""
         fix = fix or "a kernel with CONFIG_IO_URING=y (and no seccomp filter blocking it)"
         return Finding("io_uring", False, f"io_uring_setup fails: {why}; epoll is used", fix)
+    from tb.loop import available_loops
+
+    if available_loops().get("uring", "x"):
+        return Finding(
+            "io_uring",
+            False,
+            f"{kernel}, but this version of tb has no io_uring loop yet; epoll is used",
+            "",
+        )
     try:
         from importlib.metadata import version
 
