@@ -564,7 +564,12 @@ class Balancer:
             # The plain data frames, as spans straight from the arena; whatever follows them
             # (control frames, fragments, a partial frame) goes through the Connection below.
             starts, ends, ops, stop = scan_data_frames(
-                self.arr, view, self.start, self.end, self.cfg.max_message
+                self.arr,
+                view,
+                self.start,
+                self.end,
+                self.cfg.max_message,
+                self.scratch.bools(self.end - self.start),
             )
             if len(starts):
                 self.start = stop

@@ -46,6 +46,18 @@ def via_connection(data: bytes, max_message: int = 1 << 20):
     return [bytes(m) for m in conn.messages], used, conn
 
 
+def test_binary_frames_are_left_to_the_connection():
+    frames = [encode_frame(Opcode.TEXT, b"[" + b"t" * 40 + b"]", mask=False)] * 30
+    frames[20] = encode_frame(Opcode.BINARY, b"[" + b"b" * 40 + b"]", mask=False)
+    data = b"".join(frames)
+    buf = bytearray(data) + bytes(16)
+    starts, _, _, stop = scan_data_frames(
+        np.frombuffer(buf, np.uint8), memoryview(buf), 0, len(data), 4096
+    )
+    assert len(starts) == 20 and stop == 20 * len(frames[0])
+    assert via_scan(data)[:2] == via_connection(data)[:2]
+
+
 SIZES = [
     [5] * 40,  # 7-bit lengths
     [300] * 40,  # 16-bit lengths
@@ -67,7 +79,10 @@ def test_same_messages_as_connection(sizes, extras, cut):
 
 
 def test_stops_before_an_oversized_frame():
-    data = stream(random.Random(1), [10] * 20 + [5000] + [10] * 5, False)
+    data = b"".join(
+        encode_frame(Opcode.TEXT, payload(None, n), mask=False)
+        for n in [10] * 20 + [5000] + [10] * 5
+    )
     buf = bytearray(data) + bytes(16)
     starts, ends, ops, stop = scan_data_frames(
         np.frombuffer(buf, np.uint8), memoryview(buf), 0, len(data), 4096
