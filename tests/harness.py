@@ -292,3 +292,27 @@ def close_code_sent(data: bytes) -> int | None:
         if opcode == 8 and len(body) >= 2:
             return int.from_bytes(body[:2], "big")
     return None
+
+
+def top_level_spans(message: bytes) -> list[tuple[int, int]]:
+    """Object spans inside a JSON array (a reference model: a plain character state machine)."""
+    spans, depth, in_str, esc, start = [], 0, False, False, 0
+    for i, ch in enumerate(message):
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == 0x5C:
+                esc = True
+            elif ch == 0x22:
+                in_str = False
+        elif ch == 0x22:
+            in_str = True
+        elif ch in b"[{":
+            if ch == 0x7B and depth == 1:
+                start = i
+            depth += 1
+        elif ch in b"]}":
+            depth -= 1
+            if ch == 0x7D and depth == 1:
+                spans.append((start, i + 1))
+    return spans

@@ -26,6 +26,7 @@ import tempfile
 from codecs import utf_8_decode
 
 import numpy as np
+from harness import top_level_spans
 
 from tb.capture import MAGIC, CaptureError, read_capture
 from tb.feed import FeedError, Phase, Session
@@ -437,30 +438,6 @@ def check_accounting(batch: RouteBatch, payloads: list[bytes]) -> None:
             check(any(rec in p for p in payloads), f"record {rec[:40]!r} is not the feed's bytes")
 
 
-def object_spans(message: bytes) -> list[tuple[int, int]] | None:
-    """Top-level object spans of a JSON array, by a character state machine (the model)."""
-    spans, depth, in_str, esc, start = [], 0, False, False, 0
-    for i, ch in enumerate(message):
-        if in_str:
-            if esc:
-                esc = False
-            elif ch == 0x5C:
-                esc = True
-            elif ch == 0x22:
-                in_str = False
-        elif ch == 0x22:
-            in_str = True
-        elif ch in b"[{":
-            if ch == 0x7B and depth == 1:
-                start = i
-            depth += 1
-        elif ch in b"]}":
-            depth -= 1
-            if ch == 0x7D and depth == 1:
-                spans.append((start, i + 1))
-    return spans
-
-
 def _no_duplicates(pairs: list) -> dict:
     keys = [k for k, _ in pairs]
     if len(set(keys)) != len(keys):
@@ -479,7 +456,7 @@ def reference(payloads: list[bytes], npipes: int, hash_name: str):
             return None
         if not isinstance(doc, list) or not all(isinstance(o, dict) for o in doc):
             return None
-        spans = object_spans(message)
+        spans = top_level_spans(message)
         check(len(spans) == len(doc), "the model misread a message")
         for (start, end), obj in zip(spans, doc, strict=True):
             ev = obj.get("ev")

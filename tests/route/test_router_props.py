@@ -6,6 +6,7 @@ import json
 import os
 import struct
 
+from harness import top_level_spans
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -105,30 +106,6 @@ def records(run) -> list[bytes]:
         out.append(data[at + 4 : at + 4 + n])
         at += 4 + n
     return out
-
-
-def top_level_spans(message: bytes) -> list[tuple[int, int]]:
-    """Object spans inside the outer array, by a plain character state machine."""
-    spans, depth, in_str, esc, start = [], 0, False, False, 0
-    for i, ch in enumerate(message):
-        if in_str:
-            if esc:
-                esc = False
-            elif ch == 0x5C:
-                esc = True
-            elif ch == 0x22:
-                in_str = False
-        elif ch == 0x22:
-            in_str = True
-        elif ch in b"[{":
-            if ch == 0x7B and depth == 1:
-                start = i
-            depth += 1
-        elif ch in b"]}":
-            depth -= 1
-            if ch == 0x7D and depth == 1:
-                spans.append((start, i + 1))
-    return spans
 
 
 def reference(payloads, npipes: int, hash: str):
