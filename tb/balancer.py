@@ -675,14 +675,14 @@ class Balancer:
                 self.t_first = time.monotonic()
             t1 = perf_counter()
             self.stage[2] += t1 - t0
-            self.writer.submit(batch.runs, batch.counts)
+            self.writer.submit(batch.runs, batch.counts, batch.used)
             self.stage[3] += perf_counter() - t1
             # (process_time is a slow syscall on some VMs: sampled here per batch only as wall
             # time; the CPU end of the span is taken once a second in _tick and at the end)
             self.t_last = time.monotonic()
-            for i, k in enumerate(batch.counts):
-                if k:
-                    c.per_pipe[i] += k
+            counts, per_pipe = batch.counts, c.per_pipe
+            for i in range(len(counts)) if batch.used is None else batch.used:
+                per_pipe[i] += counts[i]
         c.events += batch.events
         c.routed += batch.routed
         c.fallback += batch.fallback

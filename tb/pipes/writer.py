@@ -152,19 +152,26 @@ class PipeWriter:
         self.partial_writes = 0  # writes the kernel took only part of
 
     # -- submitting -----------------------------------------------------------------------------
-    def submit(self, runs: Sequence[Buffer | None], counts: Sequence[int]) -> None:
+    def submit(
+        self,
+        runs: Sequence[Buffer | None],
+        counts: Sequence[int],
+        used: Sequence[int] | None = None,
+    ) -> None:
         """Write runs[i] (counts[i] complete records) to pipe i; queue what the pipe cannot take.
 
-        At most one write syscall per non-empty pipe. The caller may reuse its buffers as soon as
-        this returns. Raises PipeError if a pipe is broken (EPIPE: no read end open anywhere); the
-        other pipes' runs are still written or queued first.
+        At most one write syscall per non-empty pipe. `used`, if given, lists the pipes with a
+        run (a small batch touches few of many pipes: no loop over the others). The caller may
+        reuse its buffers as soon as this returns. Raises PipeError if a pipe is broken (EPIPE: no
+        read end open anywhere); the other pipes' runs are still written or queued first.
         """
         if self._closed:
             raise PipeError("the pipe writer is closed")
         if len(runs) != len(self.fds) or len(counts) != len(self.fds):
             raise ValueError(f"need {len(self.fds)} runs and counts, got {len(runs)}/{len(counts)}")
         error: PipeError | None = None
-        for i, run in enumerate(runs):
+        for i in range(len(runs)) if used is None else used:
+            run = runs[i]
             if not run:
                 continue
             if self._queues[i]:

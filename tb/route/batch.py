@@ -31,6 +31,7 @@ class RouteBatch:
     no_symbol: int = 0
     malformed: int = 0
     errors: list[str] = field(default_factory=list)
+    used: list[int] | None = None  # the pipes with a run, when the router kept track (else None)
 
 
 @dataclass(slots=True)

@@ -347,6 +347,7 @@ def _empty(npipes: int) -> RouteBatch:
 
 _PREFIX_COMPACT = b'{"ev":"T","sym":"'
 _PREFIX_SPACED = b'{"ev": "T", "sym": "'
+_LEN4 = [k.to_bytes(4, "little") for k in range(4096)]  # record headers, made once
 
 
 def route_small(
@@ -362,6 +363,7 @@ def route_small(
     pick = HASHES[hash_name]
     runs: list = [None] * npipes
     counts = [0] * npipes
+    used: list[int] = []
     n = 0
     for view in payloads:
         msg = bytes(view)
@@ -392,7 +394,9 @@ def route_small(
             run = runs[pipe]
             if run is None:
                 run = runs[pipe] = bytearray()
-            run += (close + 1 - pos).to_bytes(4, "little")
+                used.append(pipe)
+            size_ = close + 1 - pos
+            run += _LEN4[size_] if size_ < 4096 else size_.to_bytes(4, "little")
             run += msg[pos : close + 1]
             counts[pipe] += 1
             n += 1
@@ -406,4 +410,4 @@ def route_small(
             pos = close + 2
             if msg[pos] == 0x20:  # ", {"
                 pos += 1
-    return RouteBatch(runs=runs, counts=counts, events=n, routed=n)
+    return RouteBatch(runs=runs, counts=counts, events=n, routed=n, used=used)
