@@ -3,28 +3,34 @@
 Theory of operation. The balancer hands over the receive arena as a uint8 array and the payload
 spans of a batch of complete messages (int64 arrays, feed order). Nothing is copied or joined:
 
-1. Special bytes: one pass finds every byte outside 0x20..0x7F in the batch's region. Inside a
-   payload only tab/newline/CR may be among them (others: non-ASCII or control bytes -> the whole
-   batch goes the general way, which knows unicode and rejects invalid JSON); the rest lie in
-   frame headers.
+1. Special bytes: min and max of the batch's region, with the frame headers blanked to spaces
+   for the moment. Inside a payload only tab/newline/CR may fall outside 0x20..0x7F (other
+   control bytes or non-ASCII send the whole batch the general way, which knows unicode and
+   rejects invalid JSON); so what is routed here is ASCII, hence valid UTF-8.
 2. Object ends: one pass finds every "}" and keeps those inside a payload. Each must be followed
    by "," or by the message's closing "]"; each object start is derived from the previous end
    ("," then "{", or ", {") and checked, so braces need no second pass.
 3. Key layout: every object must open with the feed's own prefix, compact `{"ev":"X","sym":"` or
-   spaced `{"ev": "X", "sym": "` (X: 1-7 bytes). In valid JSON such a prefix cannot start inside
-   a string (its first quote would close the string, and `ev` cannot follow a string), and a "}"
-   inside a string is never followed by such a prefix -- so for valid JSON the split is exact.
-4. Symbols: 32 bytes after each prefix, as four words; the first quote ends the symbol (a backslash in it,
-   or no quote in the row, sends the batch the general way). FNV-1a-64 over the zero-padded rows.
-5. Output: stable argsort by pipe; records are copied in 64-byte rows, highest chunk first, each
-   pass in record order, so every row's spill past its record is overwritten by the rows written
-   after it; the u32 headers go in last. The runs are slices of one buffer.
+   spaced `{"ev": "X", "sym": "` (X: 1-7 bytes; a fast lane for X = T). In valid JSON such a
+   prefix cannot start inside a string (its first quote would close the string, and `ev` cannot
+   follow a string), and a "}" inside a string is never followed by such a prefix -- so for
+   valid JSON the split is exact.
+4. Symbols: read as little-endian words after the prefix (one word for most tickers, up to
+   SYM_ROW bytes); the first quote ends the symbol (a backslash in it, or no quote within
+   SYM_ROW, sends the batch the general way). FNV-1a-64 over the zero-padded bytes.
+5. Output: stable radix sort by pipe; each record goes out as one fixed-width row holding its u32
+   header and its bytes, read and written in feed order; a row's spill past its record is
+   overwritten by later rows, and the few records at the start of each pipe's run that a
+   previous pipe's spill can reach are rewritten exactly (see _build). The runs are slices of one
+   reused buffer.
 
-`route_spans` returns None whenever a batch is not feed-shaped (a status message, other key
+`route_small` applies the same rules to small batches in plain Python (numpy's fixed cost per
+call is ~0.5-1 ms). Both return None whenever a batch is not feed-shaped (a status message, other key
 orders, escapes, unicode, nesting): the caller then routes the same messages with Router.route,
-whose output this path reproduces byte for byte (tests/route/test_spans.py pins it). A
-documented limit shared with Router's fast paths: the grammar between the tokens inside an object
-is not checked (an unbalanced quote inside an object is passed on as the feed sent it).
+whose output these paths reproduce byte for byte on valid JSON (tests/route/test_spans.py and
+tests/fuzz pin it). The documented limit: the grammar inside an object is not checked, and
+unlike Router they do not check that its quotes pair up -- invalid JSON such as an unterminated
+string inside an object is passed on as the feed sent it, where Router counts it malformed.
 """
 
 from __future__ import annotations
@@ -39,7 +45,8 @@ __all__ = ["route_spans", "route_small", "Scratch", "SPAN_PAD", "ROW"]
 
 ROW = 188  # record bytes per row: a row costs ~35 ns whatever its width, and trades fit
 SYM_ROW = 32  # symbol row width: longer symbols go the general way (as MAX_FAST_SYMBOL)
-SPAN_PAD = 256  # >= 4 + ROW, and >= SYM_ROW  # bytes the arena must have after the batch: row reads run past the last object
+# bytes the arena must have after the batch: row and word reads run past the last object
+SPAN_PAD = 256  # >= 4 + ROW, and >= SYM_ROW
 
 _U64 = np.uint64
 
