@@ -47,7 +47,7 @@ from tb.ws import (
     client_request,
     parse_client_response,
 )
-from tb.ws.scan import scan_data_frames, utf8_errors
+from tb.ws.scan import as_list, scan_data_frames, utf8_errors
 
 __all__ = ["RunConfig", "Balancer", "EXIT_CODES", "MAX_RECV"]
 
@@ -116,7 +116,6 @@ class Counters:
     fallback: int = 0
     malformed: int = 0
     reconnects: int = 0
-    connections: int = 0
     disconnected_s: float = 0.0
     recvs: int = 0
     lost_in_worker: int = 0
@@ -124,10 +123,6 @@ class Counters:
     paused_s: float = 0.0
     worker_restarts: int = 0
     per_pipe: list[int] = field(default_factory=list)
-
-
-def _list(x) -> list:
-    return x.tolist() if isinstance(x, np.ndarray) else x
 
 
 class Balancer:
@@ -373,7 +368,6 @@ class Balancer:
         if self.stopping:
             return
         cfg = self.cfg
-        self.c.connections += 1
         log.info("connecting to %s", cfg.url)
         try:
             self.transport = connect(
@@ -636,7 +630,7 @@ class Balancer:
         else:
             view = self.view
             batch = route_small(
-                [view[s:e] for s, e in zip(_list(starts), _list(ends), strict=True)],
+                [view[s:e] for s, e in zip(as_list(starts), as_list(ends), strict=True)],
                 self.cfg.pipes,
                 self.cfg.hash,
                 self.symbol_pipes,
@@ -649,7 +643,7 @@ class Balancer:
         # UTF-8 check that the span router's ASCII test would have made unnecessary.
         view = self.view
         bad, error = utf8_errors(view, starts, ends, ops)
-        spans = list(zip(_list(starts), _list(ends), strict=True))
+        spans = list(zip(as_list(starts), as_list(ends), strict=True))
         if bad >= 0:
             if bad:  # the messages before the bad one arrived whole: they are routed
                 self._route([view[s:e] for s, e in spans[:bad]])

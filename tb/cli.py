@@ -73,7 +73,8 @@ def positive_float(text: str) -> float:
     return value
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
+    """-v/--verbose and -q/--quiet, read by the CLI's logging set-up."""
     g = parser.add_argument_group("logging")
     g.add_argument("-v", "--verbose", action="count", default=0, help="more log lines (-vv: debug)")
     g.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
@@ -306,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_run_arguments(run)
-    _common(run)
+    add_logging_arguments(run)
     run.set_defaults(func=cmd_run)
 
     lb = sub.add_parser(
@@ -325,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("workdir", help="the worker's working directory")
     lb.add_argument("worker", nargs=argparse.REMAINDER, help="worker program and its arguments")
     add_run_arguments(lb, positional=False)
-    _common(lb)
+    add_logging_arguments(lb)
     lb.set_defaults(func=cmd_lb)
 
     for name in ("gen", "replay", "record", "demo", "profile", "check"):

@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 
+from tb.replay import LISTENING
+
 __all__ = ["add_parser", "main"]
 
 _STATS = re.compile(r"tb stats: ([\d,]+) trades/s .*?routed=(\d+) .*?queued=(\d+)")
@@ -53,7 +55,7 @@ def _wait_listening(proc: subprocess.Popen, timeout: float) -> str:
         line = proc.stdout.readline()
         if not line:
             break
-        m = re.search(r"listening on (wss?://\S+)", line)
+        m = LISTENING.search(line)
         if m:
             return m.group(1)
     raise RuntimeError("tb replay did not start listening")

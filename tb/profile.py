@@ -20,7 +20,6 @@ import argparse
 import json
 import mmap
 import os
-import re
 import shlex
 import signal
 import struct
@@ -31,7 +30,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tb.cli import add_logging_arguments
 from tb.pipes.count_worker import progress_size, read_progress
+from tb.replay import LISTENING
 
 __all__ = ["add_parser", "main", "ProfileResult", "run_profile"]
 
@@ -110,8 +111,7 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--plot", metavar="PNG", help="draw throughput (and latency) to PNG (matplotlib)"
     )
-    p.add_argument("-v", "--verbose", action="count", default=0)
-    p.add_argument("-q", "--quiet", action="store_true")
+    add_logging_arguments(p)
     p.set_defaults(func=main)
 
 
@@ -207,7 +207,7 @@ def run_profile(args: argparse.Namespace, live: bool = True) -> ProfileResult:
             replay = subprocess.Popen(
                 cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
             )
-            m = re.search(r"listening on (wss?://\S+)", replay.stdout.readline())
+            m = LISTENING.search(replay.stdout.readline())
             if not m:
                 res.error = "the replay server did not start"
                 return res

@@ -14,6 +14,8 @@ import signal
 import sys
 import time
 
+from tb.cli import add_logging_arguments
+
 __all__ = ["add_parser", "main"]
 
 log = logging.getLogger("tb.record")
@@ -37,8 +39,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--trades", type=int, default=0, help="stop after N recorded events")
     p.add_argument("--cafile", help="CA bundle for wss://")
     p.add_argument("--insecure", action="store_true", help="do not verify the TLS certificate")
-    p.add_argument("-v", "--verbose", action="count", default=0)
-    p.add_argument("-q", "--quiet", action="store_true")
+    add_logging_arguments(p)
     p.set_defaults(func=main)
 
 

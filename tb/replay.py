@@ -25,6 +25,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import selectors
 import signal
 import socket
@@ -75,6 +76,10 @@ def _status(status: str, message: str) -> bytes:
     return json.dumps(
         [{"ev": "status", "status": status, "message": message}], separators=(",", ":")
     ).encode()
+
+
+#: The line `tb replay` prints once it listens; group 1 is the URL (tb demo, tb profile, tests).
+LISTENING = re.compile(r"listening on (wss?://\S+)")
 
 
 def count_trades(payload: bytes) -> int:
@@ -811,7 +816,7 @@ def main(args: argparse.Namespace) -> int:
         stream.messages,
         len(stream.buffer),
     )
-    print(f"listening on {server.url}", flush=True)
+    print(f"listening on {server.url}", flush=True)  # LISTENING parses it
 
     stop = threading.Event()
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tb.replay import LISTENING
+
 HERE = Path(__file__).parent / "e2e"
 VERIFY_WORKER = str(HERE / "verify_worker.py")
 
@@ -35,7 +37,7 @@ class Replay:
             text=True,
         )
         line = self.proc.stdout.readline()
-        m = re.search(r"listening on (wss?://\S+)", line)
+        m = LISTENING.search(line)
         if not m:
             self.proc.kill()
             raise RuntimeError(f"replay did not start: {line!r} {self.proc.stderr.read()}")
@@ -316,3 +318,18 @@ def top_level_spans(message: bytes) -> list[tuple[int, int]]:
             if ch == 0x7D and depth == 1:
                 spans.append((start, i + 1))
     return spans
+
+
+def reference_place(obj: dict, npipes: int, hash_name: str) -> int | str | None:
+    """Where a decoded event belongs (a reference model): "status", a pipe, or None (no symbol).
+
+    The instrument key is sym, else pair, else (forex quotes, ev C) p."""
+    from tb.route.hashing import HASHES
+
+    ev = obj.get("ev")
+    if ev == "status":
+        return "status"
+    key = next((k for k in ("sym", "pair") if k in obj), "p" if ev == "C" else None)
+    if key is None or not isinstance(obj.get(key), str):
+        return None
+    return HASHES[hash_name](obj[key].encode("utf-8", "surrogatepass"), npipes)

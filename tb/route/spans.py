@@ -325,31 +325,11 @@ def _build(a: np.ndarray, start, close, pipes, npipes: int, scratch: Scratch | N
         view[int(byte_bounds[p]) : int(byte_bounds[p + 1])] if counts[p] else None
         for p in range(npipes)
     ]
-    return RouteBatch(
-        runs=runs,
-        counts=counts.tolist(),
-        events=n,
-        routed=n,
-        statuses=[],
-        fallback=0,
-        no_symbol=0,
-        malformed=0,
-        errors=[],
-    )
+    return RouteBatch(runs=runs, counts=counts.tolist(), events=n, routed=n)
 
 
 def _empty(npipes: int) -> RouteBatch:
-    return RouteBatch(
-        runs=[None] * npipes,
-        counts=[0] * npipes,
-        events=0,
-        routed=0,
-        statuses=[],
-        fallback=0,
-        no_symbol=0,
-        malformed=0,
-        errors=[],
-    )
+    return RouteBatch(runs=[None] * npipes, counts=[0] * npipes)
 
 
 _PREFIX_COMPACT = b'{"ev":"T","sym":"'

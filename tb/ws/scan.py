@@ -24,7 +24,7 @@ from codecs import utf_8_decode
 
 import numpy as np
 
-__all__ = ["scan_data_frames", "utf8_errors", "SMALL_FRAME"]
+__all__ = ["scan_data_frames", "utf8_errors", "as_list", "SMALL_FRAME"]
 
 SMALL_FRAME = 2048  # mean payload size below which the vectorized strategy pays (measured)
 _PROBE = 16  # frames scanned in Python before choosing a strategy
@@ -142,13 +142,14 @@ def _scan_vectorized(a: np.ndarray, pos: int, end: int, max_message: int, mask=N
     return cand[idx] + hl[idx], nxt[idx], (a[cand[idx]] & 0x0F).astype(np.uint8), stop
 
 
-def _list(x) -> list:
+def as_list(x) -> list:
+    """The spans as a list, whichever form scan_data_frames returned them in."""
     return x.tolist() if isinstance(x, np.ndarray) else x
 
 
 def utf8_errors(view: memoryview, starts, ends, ops) -> tuple[int, str]:
     """(index, decoder error) of the first text payload that is not UTF-8, else (-1, '')."""
-    for i, (s, e, op) in enumerate(zip(_list(starts), _list(ends), _list(ops), strict=True)):
+    for i, (s, e, op) in enumerate(zip(as_list(starts), as_list(ends), as_list(ops), strict=True)):
         if op == 1:
             try:
                 utf_8_decode(view[s:e], "strict", True)

@@ -106,18 +106,25 @@ def trade(sym: str, q: int) -> dict:
     return {"ev": "T", "sym": sym, "i": str(q), "x": 1, "p": 1.5, "s": 1, "t": 1, "q": q}
 
 
+def run_once_against(feed: ScriptedFeed, tmp_path, pipes: int, *extra: str):
+    """`tb run --once` against a scripted feed with the verifying worker; (process, worker log)."""
+    log = tmp_path / "log.jsonl"
+    try:
+        proc = run_tb(["run", f"ws://127.0.0.1:{feed.port}/", "--pipes", str(pipes), "--key", "k",
+                       "--once", *extra, "--workdir", str(tmp_path),
+                       "--", sys.executable, VERIFY_WORKER, str(log)])  # fmt: skip
+        feed.thread.join(10)  # the server has seen everything tb sent, its close frame included
+    finally:
+        feed.close()
+    return proc, log
+
+
 def test_garbage_frame_closes_1002_and_keeps_what_came_before(tmp_path):
     good = [json.dumps([trade("AAPL", 1), trade("MSFT", 2)]), json.dumps([trade("A", 3)])]
     feed = ScriptedFeed(
         [frame(m.encode()) for m in good] + [b"\x83\x05hello"]
     )  # opcode 3: reserved
-    log = tmp_path / "log.jsonl"
-    try:
-        proc = run_tb(["run", f"ws://127.0.0.1:{feed.port}/", "--pipes", "2", "--key", "k", "--once",
-                       "--workdir", str(tmp_path), "--", sys.executable, VERIFY_WORKER, str(log)])  # fmt: skip
-        feed.thread.join(10)
-    finally:
-        feed.close()
+    proc, log = run_once_against(feed, tmp_path, 2)
     assert proc.returncode == 5, proc.stderr
     assert "protocol error" in proc.stderr and "Traceback" not in proc.stderr
     assert close_code_sent(feed.received) == 1002
@@ -128,13 +135,7 @@ def test_non_json_payload_is_counted_and_the_rest_is_delivered(tmp_path):
     good = [json.dumps([trade("AAPL", 1)]), json.dumps([trade("MSFT", 2), trade("AAPL", 3)])]
     script = [frame(good[0].encode()), frame(b"this is not json {"), frame(good[1].encode()),
               frame(b'[{"ev":"T","sym":"NVDA","i":"4","q":4},'), b"\x88\x02\x03\xe8"]  # fmt: skip
-    feed = ScriptedFeed(script)
-    log = tmp_path / "log.jsonl"
-    try:
-        proc = run_tb(["run", f"ws://127.0.0.1:{feed.port}/", "--pipes", "3", "--key", "k", "--once",
-                       "--workdir", str(tmp_path), "--", sys.executable, VERIFY_WORKER, str(log)])  # fmt: skip
-    finally:
-        feed.close()
+    proc, log = run_once_against(ScriptedFeed(script), tmp_path, 3)
     assert proc.returncode == 0, proc.stderr
     assert "malformed" in proc.stderr and "Traceback" not in proc.stderr
     final = [ln for ln in proc.stderr.splitlines() if "tb: final" in ln][0]
@@ -150,13 +151,7 @@ def test_invalid_utf8_closes_1007_and_keeps_what_came_before(tmp_path, before):
     feed = ScriptedFeed(
         [b"".join(frame(m.encode()) for m in good) + frame(b'[{"ev":"T","sym":"A\xff"}]')]
     )
-    log = tmp_path / "l"
-    try:
-        proc = run_tb(["run", f"ws://127.0.0.1:{feed.port}/", "--pipes", "2", "--key", "k", "--once",
-                       "--workdir", str(tmp_path), "--", sys.executable, VERIFY_WORKER, str(log)])  # fmt: skip
-        feed.thread.join(10)
-    finally:
-        feed.close()
+    proc, log = run_once_against(feed, tmp_path, 2)
     assert proc.returncode == 5, proc.stderr
     assert close_code_sent(feed.received) == 1007
     assert "Traceback" not in proc.stderr
@@ -165,12 +160,6 @@ def test_invalid_utf8_closes_1007_and_keeps_what_came_before(tmp_path, before):
 
 def test_oversized_message_closes_1009(tmp_path):
     feed = ScriptedFeed([frame(b"[" + b" " * 70000 + b"]")])
-    try:
-        proc = run_tb(["run", f"ws://127.0.0.1:{feed.port}/", "--pipes", "2", "--key", "k", "--once",
-                       "--max-message", "64K", "--workdir", str(tmp_path),
-                       "--", sys.executable, VERIFY_WORKER, str(tmp_path / "l")])  # fmt: skip
-        feed.thread.join(10)
-    finally:
-        feed.close()
+    proc, _ = run_once_against(feed, tmp_path, 2, "--max-message", "64K")
     assert proc.returncode == 5, proc.stderr
     assert close_code_sent(feed.received) == 1009

@@ -26,7 +26,7 @@ import tempfile
 from codecs import utf_8_decode
 
 import numpy as np
-from harness import top_level_spans
+from harness import reference_place, top_level_spans
 
 from tb.capture import MAGIC, CaptureError, read_capture
 from tb.feed import FeedError, Phase, Session
@@ -459,15 +459,13 @@ def reference(payloads: list[bytes], npipes: int, hash_name: str):
         spans = top_level_spans(message)
         check(len(spans) == len(doc), "the model misread a message")
         for (start, end), obj in zip(spans, doc, strict=True):
-            ev = obj.get("ev")
-            key = next((k for k in ("sym", "pair") if k in obj), "p" if ev == "C" else None)
-            if ev == "status":
+            place = reference_place(obj, npipes, hash_name)
+            if place == "status":
                 statuses.append(obj)
-            elif key is not None and isinstance(obj.get(key), str):
-                sym = obj[key].encode("utf-8", "surrogatepass")
-                pipes[HASHES[hash_name](sym, npipes)].append(message[start:end])
-            else:
+            elif place is None:
                 no_symbol += 1
+            else:
+                pipes[place].append(message[start:end])
     return pipes, statuses, no_symbol
 
 

@@ -6,12 +6,11 @@ import json
 import os
 import struct
 
-from harness import top_level_spans
+from harness import reference_place, top_level_spans
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tb.route import RouteBatch, Router
-from tb.route.hashing import HASHES
 
 WS = st.sampled_from(["", "", "", " ", " ", "\t", "\n", "\r\n", " \n\t "])
 PLAIN = ["A", "F", "AA", "AAPL", "BRK.A", "MSFT", "SPY", "O:SPY251219C00650000", "X" * 30]
@@ -119,15 +118,13 @@ def reference(payloads, npipes: int, hash: str):
         assert len(spans) == len(doc)
         for (start, end), obj in zip(spans, doc, strict=True):
             assert json.loads(message[start:end]) == obj
-            ev = obj.get("ev")
-            key = next((k for k in ("sym", "pair") if k in obj), "p" if ev == "C" else None)
-            if ev == "status":
+            place = reference_place(obj, npipes, hash)
+            if place == "status":
                 statuses.append(obj)
-            elif key is not None and isinstance(obj.get(key), str):
-                sym = obj[key].encode("utf-8", "surrogatepass")
-                pipes[HASHES[hash](sym, npipes)].append(message[start:end])
-            else:
+            elif place is None:
                 no_symbol += 1
+            else:
+                pipes[place].append(message[start:end])
     return pipes, statuses, no_symbol
 
 
