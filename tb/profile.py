@@ -11,7 +11,10 @@ adds tb's own counters: syscalls per trade, time per stage, the busiest pipe's s
 
 Latency (`--workload trickle`): the server is paced and logs when each slice of frames went to
 the kernel; the worker stamps each record's `q` on arrival (CLOCK_MONOTONIC is shared by all
-processes), so feed->worker latency is arrival minus send, per trade.
+processes), so the latency is arrival minus send, per trade. The worker busy-polls its pipes
+(count_worker --spin), so a record is stamped when it enters its pipe: feed->pipe, what the
+balancer adds. With --sleeping-worker it sleeps in poll as a real worker does, and the figure is
+feed->worker (the worker's own wake-up included: 100-200 µs on this kind of VM).
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class ProfileResult:
     max_pipe_share: float = 0.0
     fair_share: float = 0.0
     latency_us: dict = field(default_factory=dict)
+    latency_kind: str = "feed->pipe"  # or feed->worker, with --sleeping-worker
     tb: dict = field(default_factory=dict)  # tb's own final counters
     samples: list = field(default_factory=list)  # (t, delivered, cpu_s)
     extra: int = 0  # records beyond the trades sent (a balancer that routes status messages)
@@ -104,6 +108,12 @@ def add_parser(subparsers) -> None:
         metavar="CMD",
         help="profile another balancer with the C original's CLI (CMD KEY URL NPIPES WORKDIR WORKER...)"
         " instead of tb, e.g. --balancer ./lb or --balancer 'python3 tools/naive_client.py'",
+    )
+    p.add_argument(
+        "--sleeping-worker",
+        action="store_true",
+        help="trickle: the worker sleeps in poll (feed->worker latency, its wake-up included)"
+        " instead of busy-polling (feed->pipe)",
     )
     p.add_argument("--runs", type=int, default=1, help="repeat and report each run (default 1)")
     p.add_argument("--timeout", type=float, default=300.0, help="give up on a run after SECONDS")
@@ -193,6 +203,8 @@ def run_profile(args: argparse.Namespace, live: bool = True) -> ProfileResult:
     trades = args.trades or (default_trades if default_trades else int((rate or 2000) * 10))
     name = args.balancer or "tb"
     res = ProfileResult(args.workload, name, trades, args.pipes, args.loop, args.tls)
+    if getattr(args, "sleeping_worker", False):
+        res.latency_kind = "feed->worker"
     cap = cached_capture(gen_profile, trades, args.symbols)
     work = Path(tempfile.mkdtemp(prefix="tb-profile-"))
     py = sys.executable
@@ -262,7 +274,11 @@ def _measure(
 ) -> ProfileResult:
     progress_path = work / "progress"
     worker = [sys.executable, "-m", "tb.pipes.count_worker", "--out", str(work / "worker.json"),
-              "--progress", str(progress_path)] + (["--latency"] if latency else [])  # fmt: skip
+              "--progress", str(progress_path)]  # fmt: skip
+    if latency:
+        worker += (
+            ["--latency"] if getattr(args, "sleeping_worker", False) else ["--latency", "--spin"]
+        )
     err_path = work / "balancer.log"
     with open(err_path, "w") as err:
         proc = subprocess.Popen(
@@ -423,7 +439,7 @@ def format_result(r: ProfileResult) -> str:
     if r.latency_us:
         lat = r.latency_us
         lines.append(
-            "  feed->worker latency  "
+            f"  {r.latency_kind} latency  "
             + "  ".join(f"{k} {v:,.0f} µs" for k, v in lat.items() if k != "count")
             + f"  ({lat['count']:,} trades)"
         )
@@ -469,7 +485,7 @@ def _plot(results: list[ProfileResult], path: str) -> None:
             if r.latency_us:
                 keys = [k for k in r.latency_us if k.startswith("p")]
                 ax.plot(keys, [r.latency_us[k] for k in keys], marker="o", label=r.balancer)
-        ax.set_ylabel("feed->worker latency, µs")
+        ax.set_ylabel(f"{results[0].latency_kind} latency, µs")
         ax.set_title("latency percentiles")
         ax.legend()
     fig.tight_layout()

@@ -1,7 +1,7 @@
 """The profiling worker: counts records as fast as the pipes deliver them (`tb profile` uses it).
 
 Usage (as a balancer starts it): python3 -m tb.pipes.count_worker [--out FILE] [--progress FILE]
-[--latency] FD...
+[--latency [--spin]] FD...
 
 Counting does not walk the length headers: a record is `[u32 LE length][JSON object]`, a record
 shorter than 64 KiB has a header ending in two zero bytes, and JSON text never holds a raw NUL,
@@ -12,7 +12,10 @@ FILE (mmap'd), followed by the CLOCK_MONOTONIC seconds of the first and the late
 float64) and the per-pipe counts (uint64 each), so a harness can watch it, and read the result
 even from a balancer whose pipes never reach EOF, without a pipe of its own. With `--latency` every record
 is parsed for its `"q"` (the trade's sequence number) and stamped with CLOCK_MONOTONIC on
-arrival; --out then holds those pairs.
+arrival; --out then holds those pairs. `--spin` busy-polls the pipes instead of sleeping in poll,
+so the stamp is taken when the record enters its pipe rather than after the worker's wake-up
+(tens to hundreds of microseconds on a VM): what the balancer adds, not what the worker's
+scheduler adds. It costs a core.
 """
 
 from __future__ import annotations
@@ -85,7 +88,11 @@ def count(fds: list[int], progress: mmap.mmap | None) -> dict:
 
 
 def count_exactly(
-    fds: list[int], progress: mmap.mmap | None, latency: bool, partial: dict | None = None
+    fds: list[int],
+    progress: mmap.mmap | None,
+    latency: bool,
+    partial: dict | None = None,
+    spin: bool = False,
 ) -> dict:
     """Walk every header (and with latency, stamp each record's "q" on arrival).
 
@@ -97,7 +104,7 @@ def count_exactly(
         partial.update(records=0, per_pipe=records, bytes=nbytes, stamps=stamps, stopped=True)
     total = 0
     first = last = 0.0
-    for pipe, record in read_records(fds):
+    for pipe, record in read_records(fds, spin=spin):
         records[pipe] += 1
         nbytes[pipe] += 4 + len(record)
         total += 1
@@ -134,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", metavar="FILE", help="write the JSON summary here at EOF")
     parser.add_argument("--progress", metavar="FILE", help="keep the running count in FILE")
     parser.add_argument("--latency", action="store_true", help="stamp each record's q on arrival")
+    parser.add_argument(
+        "--spin", action="store_true", help="busy-poll the pipes (latency without the wake-up)"
+    )
     parser.add_argument("--verify", action="store_true", help="walk every header (slower)")
     parser.add_argument("fds", metavar="FD", type=int, nargs="*", help="pipe read ends")
     args = parser.parse_args(argv)
@@ -158,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     partial: dict = {}
     try:
         if args.latency or args.verify:
-            summary = count_exactly(fds, progress, args.latency, partial)
+            summary = count_exactly(fds, progress, args.latency, partial, args.spin)
         else:
             summary = count(fds, progress)
     except PipeError as exc:

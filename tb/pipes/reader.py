@@ -64,11 +64,13 @@ class _PipeBuffer:
 
 
 def read_records(
-    fds: Sequence[int] | None = None, *, bufsize: int = 1 << 20
+    fds: Sequence[int] | None = None, *, bufsize: int = 1 << 20, spin: bool = False
 ) -> Iterator[tuple[int, bytes]]:
     """Yield (pipe_index, record_json_bytes) for each complete record, until every pipe hits EOF.
 
     fds: the read ends, pipe i = fds[i]; default TB_PIPE_FDS. Records of one pipe come in order.
+    spin: never sleep in poll (a core busy-polls; a record is seen microseconds after it enters
+    its pipe, not after a wake-up -- what a latency measurement of the balancer wants).
     Raises PipeError if TB_PIPE_FDS is missing, or a pipe ends inside a record.
     """
     fds = fds_from_env() if fds is None else list(fds)
@@ -81,8 +83,9 @@ def read_records(
         poller.register(fd, select.POLLIN)
     unpack = _HEADER.unpack_from
     open_pipes = len(fds)
+    timeout = 0 if spin else None
     while open_pipes:
-        for fd, events in poller.poll():
+        for fd, events in poller.poll(timeout):
             i = index[fd]
             if events & select.POLLNVAL:
                 raise PipeError(f"pipe {i}: fd {fd} is not open in this process")
