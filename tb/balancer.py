@@ -52,6 +52,7 @@ from tb.ws.scan import as_list, scan_data_frames, utf8_errors
 __all__ = ["RunConfig", "Balancer", "EXIT_CODES", "MAX_RECV"]
 
 MAX_RECV = 4 << 20  # bytes per receive (and so per batch) at most
+SCAN_SCRATCH_MIN = 64 << 10  # smaller regions are scanned without the reused mask buffer
 
 log = logging.getLogger("tb.run")
 
@@ -391,7 +392,7 @@ class Balancer:
         self.upgraded = False
         self.start = self.end = 0
         self.out.clear()
-        self.last_rx = self.last_ping = time.monotonic()
+        self.last_rx = self.last_ping = perf_counter()  # (perf_counter: the hot path's clock)
         self._send(request)
         self._resume_reading()
         self.conn_timer = self.loop.call_later(cfg.handshake_timeout, self._handshake_timeout)
@@ -404,11 +405,11 @@ class Balancer:
             self.cpu_last = time.process_time()
         if self.transport is None or self.ws is None or not self.upgraded:
             return
-        now = time.monotonic()
         cfg = self.cfg
         if self.paused_since is not None:
-            self._check_overflow(now)
+            self._check_overflow(time.monotonic())
             return  # not reading on purpose: silence is ours, not the peer's
+        now = perf_counter()
         if cfg.idle_timeout and now - self.last_rx > cfg.idle_timeout:
             self._connection_lost(
                 f"nothing received for {now - self.last_rx:.0f} s: the peer is gone"
@@ -549,30 +550,38 @@ class Balancer:
         if n == 0:
             self._connection_lost("the server closed the TCP connection")
             return
-        self.c.recvs += 1
-        self.c.bytes_in += n
+        c = self.c
+        c.recvs += 1
+        c.bytes_in += n
         self.end += n
-        t1 = perf_counter()
+        t1 = self.last_rx = perf_counter()
         stage[0] += t1 - t0
-        self.last_rx = time.monotonic()
         if not self.upgraded and not self._upgrade():
             return
         ws = self.ws
         if ws.state is State.OPEN and not ws.in_fragmented_message:
             # The plain data frames, as spans straight from the arena; whatever follows them
             # (control frames, fragments, a partial frame) goes through the Connection below.
+            size = self.end - self.start
             starts, ends, ops, stop = scan_data_frames(
                 self.arr,
                 view,
                 self.start,
                 self.end,
                 self.cfg.max_message,
-                self.scratch.bools(self.end - self.start),
+                self.scratch.bools(size) if size >= SCAN_SCRATCH_MIN else None,
             )
             if len(starts):
                 self.start = stop
                 stage[1] += perf_counter() - t1
                 if not self._route_spans(starts, ends, ops) or self.transport is None:
+                    return
+                if stop == self.end:
+                    # Only whole data frames arrived (the usual case): nothing for the
+                    # Connection, and the arena starts over at its front.
+                    self.start = self.end = 0
+                    if self.writer.over_limit():
+                        self._pause_for_backpressure()
                     return
                 t1 = perf_counter()
         try:
@@ -603,22 +612,28 @@ class Balancer:
             )
             return
         self._compact()
-        if self.writer.over_limit() and self.reading:
-            log.warning(
-                "%d MiB queued for the pipes (bound %d MiB): pausing the socket until the worker catches up",
-                self.writer.queued_bytes >> 20,
-                self.cfg.max_buffer >> 20,
-            )
-            self._pause_reading()
-            self.paused_since = self.overflow_warned = time.monotonic()
-            self.c.pauses += 1
+        if self.writer.over_limit():
+            self._pause_for_backpressure()
+
+    def _pause_for_backpressure(self) -> None:
+        if not self.reading:
+            return
+        log.warning(
+            "%d MiB queued for the pipes (bound %d MiB): pausing the socket until the worker catches up",
+            self.writer.queued_bytes >> 20,
+            self.cfg.max_buffer >> 20,
+        )
+        self._pause_reading()
+        self.paused_since = self.overflow_warned = time.monotonic()
+        self.c.pauses += 1
 
     def _route_spans(self, starts, ends, ops) -> bool:
         """Route the scanned data frames; False if the connection failed (bad UTF-8)."""
         t0 = perf_counter()
+        view = self.view
         # numpy's fixed cost per batch (~0.5-1 ms) pays only for big batches; small ones (a
         # quiet feed's few trades per receive) take the same rules in plain Python
-        if int(ends[-1]) - int(starts[0]) >= self.router.numpy_min_bytes:
+        if ends[-1] - starts[0] >= self.router.numpy_min_bytes:
             batch = route_spans(
                 self.arr,
                 np.asarray(starts, dtype=np.int64),
@@ -627,26 +642,22 @@ class Balancer:
                 self.cfg.hash,
                 self.scratch,
             )
+            payloads = None
         else:
-            view = self.view
-            batch = route_small(
-                [view[s:e] for s, e in zip(as_list(starts), as_list(ends), strict=True)],
-                self.cfg.pipes,
-                self.cfg.hash,
-                self.symbol_pipes,
-            )
+            payloads = [view[s:e] for s, e in zip(as_list(starts), as_list(ends), strict=True)]
+            batch = route_small(payloads, self.cfg.pipes, self.cfg.hash, self.symbol_pipes)
         if batch is not None:
             self.c.messages += len(starts)
             self._account(batch, t0)
             return True
         # Not feed-shaped (statuses, other layouts, unicode...): the general router, after the
         # UTF-8 check that the span router's ASCII test would have made unnecessary.
-        view = self.view
         bad, error = utf8_errors(view, starts, ends, ops)
-        spans = list(zip(as_list(starts), as_list(ends), strict=True))
+        if payloads is None:
+            payloads = [view[s:e] for s, e in zip(as_list(starts), as_list(ends), strict=True)]
         if bad >= 0:
             if bad:  # the messages before the bad one arrived whole: they are routed
-                self._route([view[s:e] for s, e in spans[:bad]])
+                self._route(payloads[:bad])
             log.error(
                 "websocket protocol error from the server: text message is not UTF-8 (%s)", error
             )
@@ -655,7 +666,7 @@ class Balancer:
                 self._send(self.ws.data_to_send())
             self._connection_lost("protocol error: a text message is not UTF-8")
             return False
-        self._route([view[s:e] for s, e in spans])
+        self._route(payloads)
         return self.transport is not None
 
     def _route(self, messages: list) -> None:
@@ -668,16 +679,17 @@ class Balancer:
     def _account(self, batch, t0: float) -> None:
         c = self.c
         if batch.routed:
+            t1 = perf_counter()
             if not c.routed:
                 self.cpu_first = time.process_time()
-                self.t_first = time.monotonic()
-            t1 = perf_counter()
-            self.stage[2] += t1 - t0
+                self.t_first = t1
+            stage = self.stage
+            stage[2] += t1 - t0
             self.writer.submit(batch.runs, batch.counts, batch.used)
-            self.stage[3] += perf_counter() - t1
             # (process_time is a slow syscall on some VMs: sampled here per batch only as wall
             # time; the CPU end of the span is taken once a second in _tick and at the end)
-            self.t_last = time.monotonic()
+            self.t_last = t2 = perf_counter()
+            stage[3] += t2 - t1
             counts, per_pipe = batch.counts, c.per_pipe
             for i in range(len(counts)) if batch.used is None else batch.used:
                 per_pipe[i] += counts[i]
@@ -707,9 +719,10 @@ class Balancer:
             except FeedError as exc:
                 self._connection_lost(f"{exc}")
                 return
-        if self.ws.state is State.OPEN:
+        if self.ws.state is State.OPEN and session.outgoing:
             for message in session.outgoing:
                 self.ws.send_text(message)
+            self._send(self.ws.data_to_send())
         session.outgoing.clear()
         if session.streaming and not was_streaming:
             if self.down_since is not None:

@@ -35,6 +35,8 @@ string inside an object is passed on as the feed sent it, where Router counts it
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -332,8 +334,14 @@ def _empty(npipes: int) -> RouteBatch:
     return RouteBatch(runs=[None] * npipes, counts=[0] * npipes)
 
 
-_PREFIX_COMPACT = b'{"ev":"T","sym":"'
-_PREFIX_SPACED = b'{"ev": "T", "sym": "'
+# One trade object of the small lane and what follows it, as route_spans reads it: the exact trade
+# prefix, compact or spaced; the symbol up to the first quote (1..SYM_ROW-1 bytes); the object up
+# to the first "}"; then "," with at most one space, or the message's closing "]". Every byte is
+# printable ASCII without a backslash (else the general path decides).
+_SMALL_OBJECT = re.compile(
+    rb'(\{"ev":(?:"T","sym":"| "T", "sym": ")([ !#-\[\]-~]{1,%d})"[ -\[\]-|~]*\})(, ?|\]\Z)'
+    % (SYM_ROW - 1)
+)
 _LEN4 = [k.to_bytes(4, "little") for k in range(4096)]  # record headers, made once
 
 
@@ -344,37 +352,23 @@ def route_small(
 
     For batches too small for numpy's fixed cost (a quiet feed's 1-5 trades per receive).
     `cache` maps symbols to pipes across calls (symbols repeat; FNV in Python is slow).
-    Objects are found as in route_spans: the exact trade prefix, the first quote after it ends
-    the symbol, the first "}" after that ends the object, then "," and the next prefix or "]".
+    One regular-expression pass per message finds its objects (_SMALL_OBJECT); the matches
+    cover the message after its "[" exactly when their lengths add up to it (they never overlap),
+    which is how a gap (anything else in the message) is caught.
     """
     pick = HASHES[hash_name]
     runs: list = [None] * npipes
     counts = [0] * npipes
     used: list[int] = []
     n = 0
+    objects = _SMALL_OBJECT.findall
     for view in payloads:
         msg = bytes(view)
-        size = len(msg)
-        if size < 2 or msg[0] != 0x5B or msg[-1] != 0x5D:
+        if msg[:1] != b"[" or msg[-1:] != b"]":
             return None
-        # printable ASCII without backslashes only (the general path decides the rest)
-        if not msg.isascii() or b"\\" in msg or not msg.decode("ascii").isprintable():
-            return None
-        if size == 2:
-            continue
-        pos = 1
-        while True:
-            if msg.startswith(_PREFIX_COMPACT, pos):
-                sym_at = pos + 17
-            elif msg.startswith(_PREFIX_SPACED, pos):
-                sym_at = pos + 20
-            else:
-                return None
-            quote = msg.find(b'"', sym_at)
-            close = msg.find(b"}", quote)
-            if quote <= sym_at or quote - sym_at >= SYM_ROW or close < 0:
-                return None
-            sym = msg[sym_at:quote]
+        covered = 1
+        found = objects(msg, 1)
+        for obj, sym, sep in found:
             pipe = cache.get(sym)
             if pipe is None:
                 pipe = cache[sym] = pick(sym, npipes)
@@ -382,19 +376,12 @@ def route_small(
             if run is None:
                 run = runs[pipe] = bytearray()
                 used.append(pipe)
-            size_ = close + 1 - pos
-            run += _LEN4[size_] if size_ < 4096 else size_.to_bytes(4, "little")
-            run += msg[pos : close + 1]
+            size = len(obj)
+            run += _LEN4[size] if size < 4096 else size.to_bytes(4, "little")
+            run += obj
             counts[pipe] += 1
-            n += 1
-            after = msg[close + 1]
-            if after == 0x5D:  # "]": the last object, and nothing may follow it
-                if close + 2 != size:
-                    return None
-                break
-            if after != 0x2C:
-                return None
-            pos = close + 2
-            if msg[pos] == 0x20:  # ", {"
-                pos += 1
+            covered += size + len(sep)
+        if covered != len(msg) and msg != b"[]":
+            return None
+        n += len(found)
     return RouteBatch(runs=runs, counts=counts, events=n, routed=n, used=used)
