@@ -105,14 +105,23 @@ def _fmix64_vec(k: np.ndarray) -> np.ndarray:
     return k
 
 
+def _mod(k: np.ndarray, npipes: int) -> np.ndarray:
+    """k % npipes in place, as int64 (a power of two is a mask: uint64 division is slow)."""
+    if npipes & (npipes - 1) == 0:
+        k &= _U64(npipes - 1)
+    else:
+        k %= _U64(npipes)
+    return k.view(np.int64)  # every value is below npipes: the same numbers
+
+
 def pipes_compat(hashes: np.ndarray, npipes: int) -> np.ndarray:
     """Vector ``pipe_compat`` from FNV-1a-64 hashes (uint64) -> int64 pipe numbers."""
-    return ((hashes >> _U64(32)) % _U64(npipes)).astype(np.int64)
+    return _mod(hashes >> _U64(32), npipes)
 
 
 def pipes_mixed(hashes: np.ndarray, npipes: int) -> np.ndarray:
     """Vector ``pipe_mixed`` from FNV-1a-64 hashes (uint64) -> int64 pipe numbers."""
-    return (_fmix64_vec(hashes) % _U64(npipes)).astype(np.int64)
+    return _mod(_fmix64_vec(hashes), npipes)
 
 
 VECTOR_HASHES: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {

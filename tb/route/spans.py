@@ -233,7 +233,8 @@ def route_spans(
     if not sym_len.all() or (sym_at + sym_len >= close).any():
         return None
     if width < known:
-        rows = (first_word & _LOW_BYTES[sym_len])[:, None].view(np.uint8)  # little-endian
+        # little-endian: the symbol's bytes, then zeros; only the first `width` columns count
+        rows = (first_word & _LOW_BYTES[sym_len])[:, None].view(np.uint8)[:, :width]
     else:
         words = np.stack([w64[sym_at + 8 * k] for k in range((width + 7) // 8)], axis=1)
         rows = words.view(np.uint8)[:, :width] * (
