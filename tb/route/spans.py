@@ -7,9 +7,10 @@ spans of a batch of complete messages (int64 arrays, feed order). Nothing is cop
    for the moment. Inside a payload only tab/newline/CR may fall outside 0x20..0x7F (other
    control bytes or non-ASCII send the whole batch the general way, which knows unicode and
    rejects invalid JSON); so what is routed here is ASCII, hence valid UTF-8.
-2. Object ends: one pass finds every "}" and keeps those inside a payload. Each must be followed
-   by "," or by the message's closing "]"; each object start is derived from the previous end
-   ("," then "{", or ", {") and checked, so braces need no second pass.
+2. Object ends: one pass finds every "}" (the headers still blanked). Each must be followed by ","
+   or by the message's closing "]", so the k-th "}" followed by "]" ends the k-th non-empty
+   message (no search for owners); each object start is derived from the previous end ("," then
+   "{", or ", {") and checked, so braces need no second pass.
 3. Key layout: every object must open with the feed's own prefix, compact `{"ev":"X","sym":"` or
    spaced `{"ev": "X", "sym": "` (X: 1-7 bytes; a fast lane for X = T). In valid JSON such a
    prefix cannot start inside a string (its first quote would close the string, and `ev` cannot
@@ -139,6 +140,8 @@ def route_spans(
     region = a[lo:hi]
     # 1. bytes outside 0x20..0x7F inside payloads: min/max of the region with the frame headers
     #    blanked to spaces for the moment (pinned by test_spans.py::test_unicode_and_control...).
+    keep_out = scratch is not None
+    scratch = scratch or Scratch()
     hdr = _header_positions(starts, ends, lo)
     saved = a[hdr]
     a[hdr] = 0x20
@@ -151,45 +154,34 @@ def route_spans(
             ctrl = region[np.flatnonzero(region < 0x20)]
             if not np.isin(ctrl, (9, 10, 13)).all():
                 return None
+        # 2. object ends: every "}" (with the headers blanked, every one found is payload)
+        close = np.flatnonzero(np.equal(region, 0x7D, out=scratch.bools(len(region)))) + lo
     finally:
         a[hdr] = saved
     if not ((a[starts] == 0x5B).all() and (a[ends - 1] == 0x5D).all()):  # "[" ... "]"
         return None
-    # 2. object ends: every "}" inside a payload (a "}" byte in a frame header is not JSON)
-    keep_out = scratch is not None
-    scratch = scratch or Scratch()
-    close = np.flatnonzero(np.equal(region, 0x7D, out=scratch.bools(len(region)))) + lo
-    owner = np.searchsorted(starts, close, side="right") - 1
-    keep = close < ends[owner]
-    if not keep.all():
-        close, owner = close[keep], owner[keep]
+    # Messages of more than "[]" hold objects. The last object of a message is the one followed
+    # by "]" and ends right before the message's "]"; the others are followed by ",". So the k-th
+    # object followed by "]" closes the k-th message that holds objects, and no "}" lies
+    # elsewhere: between messages there are only (blanked) headers and "[]".
+    full = np.flatnonzero(ends - starts > 2)
     n = len(close)
-    first = np.empty(n, dtype=bool)
-    if n:
-        first[0] = True
-        np.not_equal(owner[1:], owner[:-1], out=first[1:])
-    firsts = np.flatnonzero(first)
-    if len(firsts) != nmsg:  # some messages hold no object: each must be exactly "[]"
-        has = np.zeros(nmsg, dtype=bool)
-        has[owner] = True
-        if not (ends[~has] - starts[~has] == 2).all():
-            return None
-        if n == 0:
-            return _empty(npipes)
-    lasts = np.empty_like(firsts)
-    lasts[:-1] = firsts[1:] - 1
-    lasts[-1] = n - 1
-    # the last object of a message ends right before its "]"; the others are followed by ","
-    if not (close[lasts] + 2 == ends[owner[lasts]]).all():
-        return None
+    if n == 0:
+        return _empty(npipes) if not len(full) else None
     sep = a[close + 1]
+    lasts = np.flatnonzero(sep == 0x5D)
+    if len(lasts) != len(full) or lasts[-1] != n - 1 or not (close[lasts] + 2 == ends[full]).all():
+        return None
     sep[lasts] = 0x2C
     if not (sep == 0x2C).all():
         return None
+    firsts = np.empty_like(lasts)
+    firsts[0] = 0
+    firsts[1:] = lasts[:-1] + 1
     # object starts: right after "[" for the first of a message, after "," or ", " for the others
     start = np.empty(n, dtype=np.int64)
     start[1:] = close[:-1] + 2
-    start[firsts] = starts[owner[firsts]] + 1
+    start[firsts] = starts[full] + 1
     gap = np.flatnonzero(a[start] != 0x7B)
     if len(gap):  # ", {" (json.dumps' default style) for these
         start[gap] += 1
