@@ -285,7 +285,7 @@ def _measure(
             _balancer_cmd(args, url, work, worker),
             stdout=err,
             stderr=err,
-            cwd=work,
+            cwd=os.getcwd(),  # relative paths in --balancer CMD are the user's (WORKDIR is an argument)
             start_new_session=True,
         )
     progress = _Progress(progress_path, args.pipes)
