@@ -47,14 +47,16 @@ def via_connection(data: bytes, max_message: int = 1 << 20):
 
 
 def test_binary_frames_are_left_to_the_connection():
-    frames = [encode_frame(Opcode.TEXT, b"[" + b"t" * 40 + b"]", mask=False)] * 30
-    frames[20] = encode_frame(Opcode.BINARY, b"[" + b"b" * 40 + b"]", mask=False)
+    # (enough small frames for the vectorized strategy, whose candidates are TEXT frames only)
+    frames = [encode_frame(Opcode.TEXT, b"[" + b"t" * 40 + b"]", mask=False)] * 600
+    frames[400] = encode_frame(Opcode.BINARY, b"[" + b"b" * 40 + b"]", mask=False)
     data = b"".join(frames)
     buf = bytearray(data) + bytes(16)
     starts, _, _, stop = scan_data_frames(
         np.frombuffer(buf, np.uint8), memoryview(buf), 0, len(data), 4096
     )
-    assert len(starts) == 20 and stop == 20 * len(frames[0])
+    assert isinstance(starts, np.ndarray)  # the vectorized strategy ran
+    assert len(starts) == 400 and stop == 400 * len(frames[0])
     assert via_scan(data)[:2] == via_connection(data)[:2]
 
 
@@ -65,6 +67,10 @@ SIZES = [
     [130, 385, 641, 2, 40000, 120, 33025, 33026, 126, 125],  # 0x81/0x82 in either length byte
     [40000] * 20,  # big frames: the Python strategy
     [3] * 16 + [500] * 30 + [70000] + [10] * 20,  # a 64-bit length stops the scan
+    # enough small frames for the vectorized strategy (VECTOR_MIN_FRAMES):
+    [5] * 400,
+    [129 + 256 * (k % 40) for k in range(400)],  # stray candidates in the 16-bit lengths
+    [3] * 16 + [500] * 300 + [70000] + [10] * 20,
 ]
 
 
