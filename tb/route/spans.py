@@ -170,7 +170,12 @@ def route_spans(
         return _empty(npipes) if not len(full) else None
     sep = a[close + 1]
     lasts = np.flatnonzero(sep == 0x5D)
-    if len(lasts) != len(full) or lasts[-1] != n - 1 or not (close[lasts] + 2 == ends[full]).all():
+    if (
+        len(lasts) != len(full)
+        or not len(lasts)
+        or lasts[-1] != n - 1
+        or not (close[lasts] + 2 == ends[full]).all()
+    ):
         return None
     sep[lasts] = 0x2C
     if not (sep == 0x2C).all():
