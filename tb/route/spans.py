@@ -360,6 +360,7 @@ def route_small(
     used: list[int] = []
     n = 0
     objects = _SMALL_OBJECT.findall
+    len4 = _LEN4
     for view in payloads:
         msg = bytes(view)
         if msg[:1] != b"[" or msg[-1:] != b"]":
@@ -367,15 +368,16 @@ def route_small(
         covered = 1
         found = objects(msg, 1)
         for obj, sym, sep in found:
-            pipe = cache.get(sym)
-            if pipe is None:
+            try:
+                pipe = cache[sym]
+            except KeyError:
                 pipe = cache[sym] = pick(sym, npipes)
             run = runs[pipe]
             if run is None:
                 run = runs[pipe] = bytearray()
                 used.append(pipe)
             size = len(obj)
-            run += _LEN4[size] if size < 4096 else size.to_bytes(4, "little")
+            run += len4[size] if size < 4096 else size.to_bytes(4, "little")
             run += obj
             counts[pipe] += 1
             covered += size + len(sep)
