@@ -153,12 +153,17 @@ def test_random_batches_agree_or_decline(batch, spaced, npipes, hash_name, lead)
 
 def test_most_random_batches_take_the_fast_path():
     rng = random.Random(4)
-    taken = 0
-    for _ in range(30):
+    taken = taken_small = 0
+    for k in range(30):
+        spaced = k % 2 == 1
         payloads = [
-            message([trade(f"S{rng.randrange(99)}", q) for q in range(rng.randrange(1, 9))])
+            message(
+                [trade(f"S{rng.randrange(99)}", q, spaced=spaced) for q in range(rng.randrange(9))],
+                spaced,
+            )
             for _ in range(20)
         ]
         a, starts, ends = arena_of(payloads)
         taken += route_spans(a, starts, ends, 8) is not None
-    assert taken == 30
+        taken_small += small(payloads, 8) is not None  # both lanes take feed-shaped batches
+    assert taken == taken_small == 30
