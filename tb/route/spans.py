@@ -334,10 +334,11 @@ def _empty(npipes: int) -> RouteBatch:
 
 # One trade object of the small lane and what follows it, as route_spans reads it: the exact trade
 # prefix, compact or spaced; the symbol up to the first quote (1..SYM_ROW-1 bytes); the object up
-# to the first "}"; then "," with at most one space, or the message's closing "]". Every byte is
-# printable ASCII without a backslash (else the general path decides).
+# to the first "}"; then "," with at most one space, or the message's closing "]" -- followed by
+# "\n[" and the next message, or the end. Every byte is printable ASCII without a backslash
+# (else the general path decides), so "\n" is in none of the classes.
 _SMALL_OBJECT = re.compile(
-    rb'(\{"ev":(?:"T","sym":"| "T", "sym": ")([ !#-\[\]-~]{1,%d})"[ -\[\]-|~]*\})(, ?|\]\Z)'
+    rb'(\{"ev":(?:"T","sym":"| "T", "sym": ")([ !#-\[\]-~]{1,%d})"[ -\[\]-|~]*\})(, ?|\]\n\[|\]\Z)'
     % (SYM_ROW - 1)
 )
 _LEN4 = [k.to_bytes(4, "little") for k in range(4096)]  # record headers, made once
@@ -350,38 +351,40 @@ def route_small(
 
     For batches too small for numpy's fixed cost (a quiet feed's 1-5 trades per receive).
     `cache` maps symbols to pipes across calls (symbols repeat; FNV in Python is slow).
-    One regular-expression pass per message finds its objects (_SMALL_OBJECT); the matches
-    cover the message after its "[" exactly when their lengths add up to it (they never overlap),
-    which is how a gap (anything else in the message) is caught.
+    The messages are joined with "\n" (which no object can contain, so no match crosses from one
+    message into the next) and one regular-expression pass finds every object (_SMALL_OBJECT).
+    The matches never overlap, so they cover the text after its first "[" exactly when their
+    lengths add up to it: that is how anything else in a message (a gap) is caught.
     """
+    text = b"\n".join(payloads)
+    if text[:1] != b"[" or text[-1:] != b"]":
+        return None
+    found = _SMALL_OBJECT.findall(text, 1)
     pick = HASHES[hash_name]
     runs: list = [None] * npipes
     counts = [0] * npipes
     used: list[int] = []
-    n = 0
-    objects = _SMALL_OBJECT.findall
     len4 = _LEN4
-    for view in payloads:
-        msg = bytes(view)
-        if msg[:1] != b"[" or msg[-1:] != b"]":
+    covered = 1
+    for obj, sym, sep in found:
+        try:
+            pipe = cache[sym]
+        except KeyError:
+            pipe = cache[sym] = pick(sym, npipes)
+        run = runs[pipe]
+        if run is None:
+            run = runs[pipe] = bytearray()
+            used.append(pipe)
+        size = len(obj)
+        run += len4[size] if size < 4096 else size.to_bytes(4, "little")
+        run += obj
+        counts[pipe] += 1
+        covered += size + len(sep)
+    if covered != len(text):
+        # empty messages ("[]") hold no object to cover them: without them, once more
+        rest = [p for p in payloads if len(p) != 2 or p != b"[]"]
+        if len(rest) == len(payloads):
             return None
-        covered = 1
-        found = objects(msg, 1)
-        for obj, sym, sep in found:
-            try:
-                pipe = cache[sym]
-            except KeyError:
-                pipe = cache[sym] = pick(sym, npipes)
-            run = runs[pipe]
-            if run is None:
-                run = runs[pipe] = bytearray()
-                used.append(pipe)
-            size = len(obj)
-            run += len4[size] if size < 4096 else size.to_bytes(4, "little")
-            run += obj
-            counts[pipe] += 1
-            covered += size + len(sep)
-        if covered != len(msg) and msg != b"[]":
-            return None
-        n += len(found)
+        return route_small(rest, npipes, hash_name, cache) if rest else _empty(npipes)
+    n = len(found)
     return RouteBatch(runs=runs, counts=counts, events=n, routed=n, used=used)
