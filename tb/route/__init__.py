@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .batch import RouteBatch, RouteError, RouteTotals
+from .batch import SYMBOL_CACHE_MAX, RouteBatch, RouteError, RouteTotals
 from .hashing import HASHES, VECTOR_HASHES
 from .numpy_path import Scratch, route_numpy
 from .python_path import route_python
@@ -35,9 +35,6 @@ __all__ = ["DEFAULT_NUMPY_MIN_BYTES", "RouteBatch", "RouteError", "RouteTotals",
 #   burst ~350/msg:        44 KB  py 4.4  np 4.5  | 84 KB  py 6.0  np 2.9 | 660 KB py 5.4 np 1.7
 # numpy costs ~1.3 ms per batch however small; it wins from ~22-44 KB of payload. 32 KiB.
 DEFAULT_NUMPY_MIN_BYTES = 32 * 1024
-
-# The pipe-number cache is dropped when it grows beyond this many symbols (bounded memory).
-_PIPE_CACHE_MAX = 1 << 17
 
 
 class Router:
@@ -75,7 +72,7 @@ class Router:
     def _pipe_of(self, sym: bytes) -> int:
         pipe = self._cache.get(sym)
         if pipe is None:
-            if len(self._cache) >= _PIPE_CACHE_MAX:
+            if len(self._cache) >= SYMBOL_CACHE_MAX:
                 self._cache.clear()
             pipe = self._cache[sym] = self._scalar(sym, self.npipes)
         return pipe

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["MAX_ERRORS", "RouteBatch", "RouteError", "RouteTotals"]
+__all__ = ["MAX_ERRORS", "SYMBOL_CACHE_MAX", "RouteBatch", "RouteError", "RouteTotals"]
 
 # At most this many error descriptions are kept per batch (the counters keep counting).
 MAX_ERRORS = 8
+
+# A symbol -> pipe cache starts over past this many symbols (bounded memory, ~20 MB): a stocks
+# feed has ~12k, an options feed can name millions over a day.
+SYMBOL_CACHE_MAX = 1 << 17
 
 
 class RouteError(Exception):

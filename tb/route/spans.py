@@ -41,7 +41,7 @@ import re
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from .batch import RouteBatch
+from .batch import SYMBOL_CACHE_MAX, RouteBatch
 from .hashing import HASHES, VECTOR_HASHES, fnv1a64_rows
 
 __all__ = ["route_spans", "route_small", "Scratch", "SPAN_PAD", "ROW"]
@@ -370,6 +370,8 @@ def route_small(
         try:
             pipe = cache[sym]
         except KeyError:
+            if len(cache) >= SYMBOL_CACHE_MAX:
+                cache.clear()
             pipe = cache[sym] = pick(sym, npipes)
         run = runs[pipe]
         if run is None:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from tb.gen import generate
 from tb.route import Router
+from tb.route.batch import SYMBOL_CACHE_MAX
 from tb.route.spans import ROW, SPAN_PAD, route_small, route_spans
 from tb.ws import Opcode, encode_frame
 
@@ -167,3 +168,14 @@ def test_most_random_batches_take_the_fast_path():
         taken += route_spans(a, starts, ends, 8) is not None
         taken_small += small(payloads, 8) is not None  # both lanes take feed-shaped batches
     assert taken == taken_small == 30
+
+
+def test_symbol_cache_stays_bounded():
+    cache: dict = {}
+    router = Router(7)
+    for start in range(0, SYMBOL_CACHE_MAX + 5000, 2000):
+        payloads = [message([trade(f"O:X{k}", k) for k in range(start, start + 2000)])]
+        got = route_small([memoryview(p) for p in payloads], 7, "mixed", cache)
+        assert got is not None and same(got, router.route_python(payloads))
+        assert len(cache) <= SYMBOL_CACHE_MAX
+    assert len(cache) < SYMBOL_CACHE_MAX  # it started over once
