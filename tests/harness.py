@@ -333,3 +333,22 @@ def reference_place(obj: dict, npipes: int, hash_name: str) -> int | str | None:
     if key is None or not isinstance(obj.get(key), str):
         return None
     return HASHES[hash_name](obj[key].encode("utf-8", "surrogatepass"), npipes)
+
+
+def reference_route(messages: list[bytes], docs: list[list], npipes: int, hash_name: str):
+    """Where every event of these decoded messages belongs (a reference model): each pipe's object
+    bytes in feed order, the status objects, and the number of events without a symbol."""
+    pipes: list[list[bytes]] = [[] for _ in range(npipes)]
+    statuses, no_symbol = [], 0
+    for message, doc in zip(messages, docs, strict=True):
+        spans = top_level_spans(message)
+        assert len(spans) == len(doc), "the model misread a message"
+        for (start, end), obj in zip(spans, doc, strict=True):
+            place = reference_place(obj, npipes, hash_name)
+            if place == "status":
+                statuses.append(obj)
+            elif place is None:
+                no_symbol += 1
+            else:
+                pipes[place].append(message[start:end])
+    return pipes, statuses, no_symbol

@@ -26,7 +26,7 @@ import tempfile
 from codecs import utf_8_decode
 
 import numpy as np
-from harness import reference_place, top_level_spans
+from harness import reference_route
 
 from tb.capture import MAGIC, CaptureError, read_capture
 from tb.feed import FeedError, Phase, Session
@@ -447,8 +447,7 @@ def _no_duplicates(pairs: list) -> dict:
 
 def reference(payloads: list[bytes], npipes: int, hash_name: str):
     """What routing must give for valid JSON arrays of objects; None for anything else."""
-    pipes: list[list[bytes]] = [[] for _ in range(npipes)]
-    statuses, no_symbol = [], 0
+    docs = []
     for message in payloads:
         try:
             doc = json.loads(message.decode("utf-8"), object_pairs_hook=_no_duplicates)
@@ -456,17 +455,8 @@ def reference(payloads: list[bytes], npipes: int, hash_name: str):
             return None
         if not isinstance(doc, list) or not all(isinstance(o, dict) for o in doc):
             return None
-        spans = top_level_spans(message)
-        check(len(spans) == len(doc), "the model misread a message")
-        for (start, end), obj in zip(spans, doc, strict=True):
-            place = reference_place(obj, npipes, hash_name)
-            if place == "status":
-                statuses.append(obj)
-            elif place is None:
-                no_symbol += 1
-            else:
-                pipes[place].append(message[start:end])
-    return pipes, statuses, no_symbol
+        docs.append(doc)
+    return reference_route(payloads, docs, npipes, hash_name)
 
 
 def payloads_of(data: bytes) -> list[bytes]:

@@ -6,7 +6,7 @@ import json
 import os
 import struct
 
-from harness import reference_place, top_level_spans
+from harness import reference_route, top_level_spans
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -109,23 +109,11 @@ def records(run) -> list[bytes]:
 
 def reference(payloads, npipes: int, hash: str):
     """Independent model: decode each message, re-find each object's bytes, pick its pipe."""
-    pipes: list[list[bytes]] = [[] for _ in range(npipes)]
-    statuses, no_symbol = [], 0
-    for payload in payloads:
-        message = bytes(payload)
-        doc = json.loads(message)
-        spans = top_level_spans(message)
-        assert len(spans) == len(doc)
-        for (start, end), obj in zip(spans, doc, strict=True):
-            assert json.loads(message[start:end]) == obj
-            place = reference_place(obj, npipes, hash)
-            if place == "status":
-                statuses.append(obj)
-            elif place is None:
-                no_symbol += 1
-            else:
-                pipes[place].append(message[start:end])
-    return pipes, statuses, no_symbol
+    messages = [bytes(p) for p in payloads]
+    docs = [json.loads(m) for m in messages]
+    for message, doc in zip(messages, docs, strict=True):  # the model finds each object's bytes
+        assert [json.loads(message[s:e]) for s, e in top_level_spans(message)] == doc
+    return reference_route(messages, docs, npipes, hash)
 
 
 SETTINGS = settings(
