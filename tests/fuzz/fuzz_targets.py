@@ -572,6 +572,17 @@ def run_spans(a: np.ndarray, starts, ends, npipes: int, hash_name: str) -> None:
     want = Router(npipes, hash=hash_name).route_python(payloads)
     strict = all(is_json(p) for p in payloads)
     scratch, results = Scratch(), []
+
+    def take(name: str, got) -> None:
+        if got is not None:
+            check_accounting(got, payloads)
+            results.append(snapshot(got, errors=False))
+            if strict:
+                check(
+                    same_batch(got, want),
+                    f"{name} {results[-1]!r:.300} != {snapshot(want)!r:.300}",
+                )
+
     for _ in range(2):  # twice: the scratch buffers are reused
         try:
             got = route_spans(a, starts, ends, npipes, hash_name, scratch)
@@ -580,26 +591,11 @@ def run_spans(a: np.ndarray, starts, ends, npipes: int, hash_name: str) -> None:
                 break
             raise
         check(a.tobytes() == before, "route_spans changed the arena")
-        if got is not None:
-            check_accounting(got, payloads)
-            results.append(snapshot(got, errors=False))
-            if strict:
-                check(
-                    same_batch(got, want),
-                    f"route_spans {results[-1]!r:.300} != {snapshot(want)!r:.300}",
-                )
+        take("route_spans", got)
     cache: dict[bytes, int] = {}
     views = [memoryview(a)[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
     for _ in range(2):  # twice: the second time from the symbol cache
-        got = route_small(views, npipes, hash_name, cache)
-        if got is not None:
-            check_accounting(got, payloads)
-            results.append(snapshot(got, errors=False))
-            if strict:
-                check(
-                    same_batch(got, want),
-                    f"route_small {results[-1]!r:.300} != {snapshot(want)!r:.300}",
-                )
+        take("route_small", route_small(views, npipes, hash_name, cache))
     check(
         all(r == results[0] for r in results), f"route_spans/route_small disagree: {results!r:.600}"
     )
