@@ -34,7 +34,6 @@ __all__ = ["Scratch", "route_numpy"]
 # Zero bytes after the joined payloads: fixed-width windows starting inside the batch never read
 # past the buffer (rows are masked to the symbol's length; copies stay inside records).
 _PAD = bytes(64)
-_WS = WS
 _COPY_WIDTH = 64  # bytes per row copy when building the output (measured: 32 < 64 ~ 128)
 _I64 = np.int64
 
@@ -269,7 +268,7 @@ def _ev_value(buf, open_at: int, c: int) -> bool:
     """Is the string opening at quote ``c`` the value of an ``"ev"`` key (rule 4b, backwards:
     the quote before it closes ``"ev"`` and only ws : ws lies between)?"""
     q = buf.rfind(b'"', open_at, c)
-    return q - 3 > open_at and buf[q - 3 : q + 1] == b'"ev"' and buf[q + 1 : c].strip(_WS) == b":"
+    return q - 3 > open_at and buf[q - 3 : q + 1] == b'"ev"' and buf[q + 1 : c].strip(WS) == b":"
 
 
 def _named(words: _Words, bad, omsg, key: bytes):
