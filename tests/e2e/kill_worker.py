@@ -3,9 +3,11 @@
 Usage (as tb starts it): python kill_worker.py LOGFILE FD0 FD1 ...
 
 It reads each record with exact-size reads (header, then the body in two parts), so its pipe
-position is exactly what it consumed. A record is logged BEFORE its last byte is read: every
-record is either logged, or its last byte is still in the pipe (a torn record that tb must cut
-and count). A pause in the middle of some records makes kills land mid-record often.
+position is exactly what it consumed. A record is logged BEFORE its last byte is read, and a "+"
+line follows once that byte is read: every record is either logged, or its last byte is still in
+the pipe (a torn record that tb must cut and count). A logged record without its "+" is the one
+case that is both: killed between the two, its last byte may or may not have been read. A pause
+in the middle of some records makes kills land mid-record often.
 """
 
 import os
@@ -55,6 +57,7 @@ def main() -> int:
             if read_exact(fd, 1) != b"}":
                 log.write(b"CORRUPT\n")
                 return 1
+            log.write(b"+\n")
     return 0
 
 

@@ -65,6 +65,10 @@ def test_sigkill_the_worker_ten_times_mid_stream(tmp_path, capture, replay_facto
 
     lines = log.read_bytes().splitlines()
     assert b"CORRUPT" not in b"\n".join(lines), "a torn record reached a worker"
+    # A record line not followed by "+": its worker died between logging it and reading its "}"
+    # (the "}" may still have been in the pipe: then tb cut it and counted it lost as well).
+    unsure = sum(1 for k, ln in enumerate(lines) if ln != b"+" and lines[k + 1 : k + 2] != [b"+"])
+    lines = [ln for ln in lines if ln != b"+"]
     sent = expected_events(payloads)
     by_key = {json.dumps(o, sort_keys=True): o for o in sent}
     got = []
@@ -86,8 +90,12 @@ def test_sigkill_the_worker_ten_times_mid_stream(tmp_path, capture, replay_facto
     final = tb.final()
     lost = int(final["lost_in_worker"])
     missing = len(sent) - len(keys)
-    # Every trade is logged by a worker, or is one of at most one per kill that tb counted.
-    assert missing == lost, f"{missing} missing, tb counted {lost} lost in the worker"
+    # Every trade is logged by a worker, or is one of at most one per kill that tb counted; tb
+    # also counts a logged record whose "}" its worker never read (at most the unsure ones).
+    assert missing <= lost <= missing + unsure, (
+        f"{missing} missing, {unsure} unsure, tb: {lost} lost"
+    )
+    assert unsure <= kills
     assert lost <= kills
     assert int(final["routed"]) == int(final["written"]) == len(sent)
     assert final["queued"] == "0" and int(final["worker_restarts"]) == kills
@@ -124,5 +132,5 @@ def test_final_counters_name_the_torn_records(tmp_path, capture, replay_factory)
     final = tb.final()
     assert final["lost_in_worker"] == "1" and final["worker_restarts"] == "1"
     assert "died inside a record" in tb.text and "pipe 0" in tb.text
-    got = [json.loads(ln.split(b" ", 1)[1]) for ln in log.read_bytes().splitlines()]
+    got = [json.loads(ln.split(b" ", 1)[1]) for ln in log.read_bytes().splitlines() if ln != b"+"]
     assert len(got) == len(expected_events(payloads)) - 1
