@@ -151,15 +151,6 @@ def probe_io_uring() -> Finding:
         fix = "sysctl -w kernel.io_uring_disabled=0" if disabled not in (None, "0") else ""
         fix = fix or "a kernel with CONFIG_IO_URING=y (and no seccomp filter blocking it)"
         return Finding("io_uring", False, f"io_uring_setup fails: {why}; epoll is used", fix)
-    from tb.loop import available_loops
-
-    if available_loops().get("uring", "x"):
-        return Finding(
-            "io_uring",
-            False,
-            f"{kernel}, but this version of tb has no io_uring loop yet; epoll is used",
-            "",
-        )
     try:
         from importlib.metadata import version
 
@@ -178,6 +169,13 @@ def probe_io_uring() -> Finding:
             False,
             f"{kernel}; liburing {libver} wheels need AVX-512, which this CPU lacks (SIGILL)",
             "pip install 'liburing==2024.5.3' (builds from source)",
+        )
+    from tb.loop import available_loops
+
+    why = available_loops().get("uring", "")
+    if why:
+        return Finding(
+            "io_uring", False, f"{kernel}, but {why}; epoll is used", "pip install 'tb[uring]'"
         )
     return Finding("io_uring", True, f"{kernel}; liburing {libver} (tb run --loop uring)")
 
@@ -265,6 +263,6 @@ def main(args: argparse.Namespace) -> int:
     on = ", ".join(fast) or "none"
     verdict = "tb can run here" if can_run else "tb cannot run here"
     tls = "kernel TLS" if "kTLS" in fast else "userspace TLS"
-    loop = "io_uring available" if "io_uring" in fast else "epoll"
+    loop = "epoll; --loop uring works" if "io_uring" in fast else "epoll"
     print(f"{verdict}; fast paths on: {on} (wss:// uses {tls} with --tls auto; loop: {loop})")
     return 0 if can_run else 1

@@ -95,7 +95,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--rate", type=float, help="paced trades/s (trickle default 2000)")
     p.add_argument("--symbols", type=int, default=10000, help="distinct symbols (default 10000)")
     p.add_argument("--pipes", type=int, default=32, help="pipes (default 32)")
-    p.add_argument("--loop", choices=["auto", "epoll", "uring"], default="auto", help="tb's loop")
+    p.add_argument(
+        "--loop",
+        choices=["auto", "epoll", "uring"],
+        default="auto",
+        help="tb's event loop (tb run --loop)",
+    )
     p.add_argument("--hash", choices=["mixed", "compat"], default="mixed", help="tb's hash")
     p.add_argument(
         "--tls",

@@ -174,6 +174,10 @@ def test_tb_check_runs_and_names_the_fix():
     assert "tb can run here; fast paths on:" in proc.stdout
     for name in ("kTLS", "io_uring", "pipes", "rmem_max", "cpus"):
         assert re.search(rf"^{name} +(on|off) ", proc.stdout, re.M), proc.stdout
+    from tb.loop import available_loops
+
+    uring_on = re.search(r"^io_uring +on ", proc.stdout, re.M) is not None
+    assert uring_on is (available_loops()["uring"] == ""), proc.stdout
     if ktls.kernel_missing():
         assert re.search(r"^kTLS +off ", proc.stdout, re.M)
         assert "modprobe tls" in proc.stdout

@@ -121,8 +121,10 @@ def available_loops() -> dict[str, str]:
     """Map backend name -> "" if usable here, else the reason it is not."""
     out = {"epoll": ""}
     try:
-        from tb.loop.uring import UringLoop  # noqa: F401
-    except Exception as exc:  # ImportError, or the probe's own error
+        from tb.loop.uring import UringLoop
+
+        UringLoop().close()
+    except (ImportError, LoopError) as exc:
         out["uring"] = f"{exc}"
     else:
         out["uring"] = ""
@@ -138,13 +140,11 @@ def choose_loop(name: str = "auto") -> Loop:
     if name == "uring":
         try:
             from tb.loop.uring import UringLoop
-        except ModuleNotFoundError as exc:
-            if exc.name == "tb.loop.uring":
-                raise LoopError(
-                    "the io_uring loop is not part of this version of tb yet; use --loop epoll"
-                ) from None
-            raise LoopError(f"the io_uring loop is not available: {exc}") from None
-        except Exception as exc:
-            raise LoopError(f"the io_uring loop is not available: {exc}") from None
+        except ImportError as exc:
+            raise LoopError(
+                f"the io_uring loop is not available: {exc}; install the bindings with "
+                "pip install 'tb[uring]' (in a checkout: pip install -e '.[uring]'), "
+                "or use --loop epoll"
+            ) from None
         return UringLoop()
     raise LoopError(f"unknown loop backend {name!r} (choose epoll, uring or auto)")

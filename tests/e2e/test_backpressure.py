@@ -6,6 +6,7 @@ import json
 import re
 import sys
 
+import pytest
 from harness import Replay, expected_events, run_tb
 
 from tb.balancer import MAX_RECV
@@ -40,7 +41,8 @@ json.dump(arrivals, open(out, "w"))
 """
 
 
-def test_slow_pipe_does_not_stall_the_others_and_the_bound_holds(tmp_path):
+@pytest.mark.parametrize("loop", ["epoll", "uring"])
+def test_slow_pipe_does_not_stall_the_others_and_the_bound_holds(tmp_path, loop):
     cap = tmp_path / "feed.tbcap"
     proc = run_tb(
         [
@@ -67,7 +69,7 @@ def test_slow_pipe_does_not_stall_the_others_and_the_bound_holds(tmp_path):
         try:
             run = run_tb(
                 ["run", replay.url, "--pipes", "4", "--key", "k", "--once", "--pipe-size", "64K",
-                 "--max-buffer", bound, "--stats", "0.2", "--workdir", str(tmp_path),
+                 "--max-buffer", bound, "--stats", "0.2", "--loop", loop, "--workdir", str(tmp_path),
                  "--", sys.executable, str(worker), str(out)],
                 timeout=120,
             )  # fmt: skip

@@ -30,18 +30,24 @@ def worker(log) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "profile,pipes,hash_name",
-    [("burst", 4, "mixed"), ("quiet", 7, "compat"), ("burst", 32, "compat")],
+    "profile,pipes,hash_name,loop",
+    [
+        ("burst", 4, "mixed", "epoll"),
+        ("quiet", 7, "compat", "epoll"),
+        ("burst", 32, "compat", "epoll"),
+        ("burst", 4, "mixed", "uring"),
+        ("quiet", 7, "compat", "uring"),
+    ],
 )
 def test_every_trade_arrives_once_in_order(
-    tmp_path, captures, replay_factory, profile, pipes, hash_name
+    tmp_path, captures, replay_factory, profile, pipes, hash_name, loop
 ):
     path, payloads = captures[profile]
     replay = replay_factory(str(path), "--close-after")
     log = tmp_path / "log.jsonl"
     proc = run_tb(
         ["run", replay.url + "/stocks", "--pipes", str(pipes), "--key", "k", "--once",
-         "--hash", hash_name, "--workdir", str(tmp_path), "--", *worker(log)]
+         "--hash", hash_name, "--loop", loop, "--workdir", str(tmp_path), "--", *worker(log)]
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     check_delivery(read_log(log), payloads, pipes, hash_name)
@@ -188,10 +194,3 @@ def test_worker_that_dies_is_reported_and_tb_exits_4(tmp_path, replay_factory, c
                    "--restart", "never", "--", sys.executable, "-c", "import sys; sys.exit(7)"])  # fmt: skip
     assert proc.returncode == 4, proc.stderr
     assert "exited with status 7" in proc.stderr and "Traceback" not in proc.stderr
-
-
-def test_unavailable_loop_is_a_usage_error():
-    proc = run_tb(
-        ["run", "ws://127.0.0.1:1/", "--pipes", "2", "--key", "k", "--loop", "uring", "--", "true"]
-    )
-    assert proc.returncode == 2 and "--loop epoll" in proc.stderr and "Traceback" not in proc.stderr

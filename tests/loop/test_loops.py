@@ -1,0 +1,288 @@
+"""Every loop backend against real sockets and pipes: the behaviour the balancer relies on."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tb.loop import LoopError, available_loops, choose_loop
+
+BACKENDS = ["epoll", "uring"]
+
+
+@pytest.fixture(params=BACKENDS)
+def loop(request):
+    why = available_loops().get(request.param)
+    assert why == "", f"{request.param} is not usable here: {why} (pip install -e '.[test]')"
+    lp = choose_loop(request.param)
+    assert lp.name == request.param
+    yield lp
+    lp.close()
+
+
+def run_for(loop, seconds: float) -> float:
+    """Run until stop() or `seconds`; return the time it ran."""
+    t0 = time.monotonic()
+    guard = loop.call_later(seconds, loop.stop)
+    loop.run()
+    guard.cancel()
+    return time.monotonic() - t0
+
+
+def full_pipe() -> tuple[int, int]:
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    try:
+        while True:
+            os.write(w, b"x" * 65536)
+    except BlockingIOError:
+        pass
+    return r, w
+
+
+def test_reader_is_level_triggered(loop):
+    """A callback that reads less than what is there is called again without new data."""
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    got = []
+
+    def on_read():
+        got.append(b.recv(1))
+        if len(got) == 5:
+            loop.stop()
+
+    loop.add_reader(b.fileno(), on_read)
+    a.send(b"hello")
+    assert run_for(loop, 5) < 4 and b"".join(got) == b"hello"
+    loop.remove_reader(b.fileno())
+    a.close()
+    b.close()
+
+
+def test_writer_fires_when_a_full_pipe_drains_and_not_before(loop):
+    r, w = full_pipe()
+    fired = []
+
+    def on_write():
+        fired.append(time.monotonic())
+        loop.remove_writer(w)
+        loop.stop()
+
+    loop.add_writer(w, on_write)
+    drained_at = []
+
+    def drain():
+        drained_at.append(time.monotonic())
+        while os.read(r, 1 << 20):
+            if not select_readable(r):
+                break
+
+    loop.call_later(0.2, drain)
+    run_for(loop, 5)
+    assert len(fired) == 1 and fired[0] >= drained_at[0]
+    os.close(r)
+    os.close(w)
+
+
+def select_readable(fd: int) -> bool:
+    import select
+
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+def test_removed_reader_is_not_called_and_a_new_one_is(loop):
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    calls = []
+    loop.add_reader(b.fileno(), lambda: calls.append("old"))
+    loop.remove_reader(b.fileno())
+
+    def new():
+        calls.append("new")
+        b.recv(100)
+        loop.stop()
+
+    loop.add_reader(b.fileno(), new)
+    a.send(b"x")
+    run_for(loop, 5)
+    assert calls == ["new"]
+    # and once removed for good, data does not reach it
+    loop.remove_reader(b.fileno())
+    a.send(b"y")
+    assert run_for(loop, 0.2) >= 0.19 and calls == ["new"]
+    a.close()
+    b.close()
+
+
+def test_a_reused_fd_number_reaches_only_its_new_callback(loop):
+    """remove_reader, close, and a new file on the same number: the old watch never fires."""
+    r, w = os.pipe()
+    calls = []
+    loop.add_reader(r, lambda: calls.append("old"))
+    os.write(w, b"x")
+    loop.remove_reader(r)
+    os.close(r)
+    os.close(w)
+    r2, w2 = os.pipe()
+    assert r2 == r  # the lowest free number comes back
+
+    def new():
+        calls.append("new")
+        os.read(r2, 10)
+        loop.stop()
+
+    loop.add_reader(r2, new)
+    os.write(w2, b"y")
+    run_for(loop, 5)
+    assert calls == ["new"]
+    loop.remove_reader(r2)
+    os.close(r2)
+    os.close(w2)
+
+
+def test_a_callback_may_remove_another_ready_watch(loop):
+    """Two fds ready in one turn; the first callback removes the second, which is not called."""
+    pairs = [socket.socketpair() for _ in range(2)]
+    for _, b in pairs:
+        b.setblocking(False)
+    calls = []
+
+    def make(i):
+        def cb():
+            calls.append(i)
+            pairs[i][1].recv(10)
+            other = pairs[1 - i][1].fileno()
+            loop.remove_reader(other)
+            loop.remove_reader(pairs[i][1].fileno())
+            loop.call_soon(loop.stop)
+
+        return cb
+
+    for i, (_, b) in enumerate(pairs):
+        loop.add_reader(b.fileno(), make(i))
+    for a, _ in pairs:
+        a.send(b"x")
+    time.sleep(0.05)  # both ready before the loop looks
+    run_for(loop, 5)
+    assert len(calls) == 1
+    for a, b in pairs:
+        a.close()
+        b.close()
+
+
+def test_reader_and_writer_on_one_fd(loop):
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    seen = set()
+
+    def on_read():
+        seen.add("r")
+        b.recv(10)
+        loop.remove_reader(b.fileno())
+
+    def on_write():
+        seen.add("w")
+        loop.remove_writer(b.fileno())
+
+    loop.add_reader(b.fileno(), on_read)
+    loop.add_writer(b.fileno(), on_write)
+    a.send(b"x")
+    loop.call_later(0.3, loop.stop)
+    loop.run()
+    assert seen == {"r", "w"}
+    a.close()
+    b.close()
+
+
+def test_hangup_reaches_the_reader(loop):
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    got = []
+
+    def on_read():
+        got.append(b.recv(10))
+        loop.remove_reader(b.fileno())
+        loop.stop()
+
+    loop.add_reader(b.fileno(), on_read)
+    a.close()
+    run_for(loop, 5)
+    assert got == [b""]
+    b.close()
+
+
+def test_fd_closed_without_removal_is_dropped(loop):
+    """As epoll forgets a closed fd, the loop goes on without calling its callback."""
+    r, w = os.pipe()
+    calls = []
+    loop.add_reader(r, lambda: calls.append(1))
+    os.close(r)
+    os.close(w)
+    ran = run_for(loop, 0.2)
+    assert ran >= 0.19 and len(calls) <= 1  # epoll may report the close once, or not at all
+
+
+def test_timers_run_in_deadline_order_and_cancel(loop):
+    order = []
+    loop.call_later(0.05, lambda: order.append("b"))
+    loop.call_later(0.01, lambda: order.append("a"))
+    loop.call_later(0.03, lambda: order.append("x")).cancel()
+    loop.call_soon(lambda: order.append("soon"))
+    loop.call_later(0.1, loop.stop)
+    t0 = time.monotonic()
+    loop.run()
+    assert order == ["soon", "a", "b"] and 0.09 <= time.monotonic() - t0 < 2
+
+
+def test_more_watches_than_submission_slots(loop):
+    """1,200 pipes watched at once (the io_uring backend's queue holds 1,024 requests)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 3000:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(3000, hard), hard))
+    pipes = [os.pipe() for _ in range(1200)]
+    seen = set()
+
+    def make(r):
+        def cb():
+            seen.add(r)
+            os.read(r, 10)
+            loop.remove_reader(r)
+            if len(seen) == len(pipes):
+                loop.stop()
+
+        return cb
+
+    for r, w in pipes:
+        loop.add_reader(r, make(r))
+        os.write(w, b"x")
+    run_for(loop, 10)
+    assert len(seen) == len(pipes)
+    for r, w in pipes:
+        os.close(r)
+        os.close(w)
+
+
+def test_unknown_backend_is_a_loop_error():
+    with pytest.raises(LoopError, match="unknown loop backend"):
+        choose_loop("kqueue")
+
+
+def test_uring_without_the_bindings_says_how_to_get_them(tmp_path):
+    """A Python where `import liburing` fails: tb run --loop uring is a usage error, one line."""
+    (tmp_path / "liburing.py").write_text("raise ImportError('no liburing here')\n")
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tb", "run", "ws://127.0.0.1:1/", "--pipes", "2", "--key", "k",
+         "--loop", "uring", "--", "true"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "io_uring loop is not available" in proc.stderr and "[uring]" in proc.stderr
+    assert "Traceback" not in proc.stderr
