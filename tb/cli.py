@@ -143,8 +143,8 @@ def add_run_arguments(p: argparse.ArgumentParser, *, positional: bool = True) ->
         "--loop",
         choices=["auto", "epoll", "uring"],
         default="auto",
-        help="event loop: auto (= epoll, measured faster here), epoll, or uring (io_uring "
-        "readiness; needs pip install 'tb[uring]')",
+        help="event loop: auto (= epoll; uring measured level with it), epoll, or uring "
+        "(io_uring readiness; needs pip install 'tb[uring]')",
     )
     p.add_argument(
         "--cafile", help="CA bundle to verify the server with (default: the system store)"

@@ -66,12 +66,16 @@ def run_wss(url: str, tmp_path: Path, *extra: str, pipes: int = 3):
     return proc, log
 
 
-@pytest.mark.parametrize("mode", ["userspace", "auto"])
-def test_wss_userspace_tls_delivers_every_trade(tmp_path, certs, capture, wss_replay, mode):
+@pytest.mark.parametrize(
+    "mode,loop", [("userspace", "epoll"), ("auto", "epoll"), ("userspace", "uring")]
+)
+def test_wss_userspace_tls_delivers_every_trade(tmp_path, certs, capture, wss_replay, mode, loop):
     server_pem, ca_pem, _ = certs
     path, payloads = capture
     replay = wss_replay(str(path), "--close-after", "--tls-cert", str(server_pem))
-    proc, log = run_wss(replay.url, tmp_path, "--cafile", str(ca_pem), "--tls", mode)
+    proc, log = run_wss(
+        replay.url, tmp_path, "--cafile", str(ca_pem), "--tls", mode, "--loop", loop
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     e2e.check_delivery(e2e.read_log(log), payloads, 3)
     chosen = [line for line in proc.stderr.splitlines() if "tb.transport INFO: TLS " in line]

@@ -286,3 +286,15 @@ def test_uring_without_the_bindings_says_how_to_get_them(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "io_uring loop is not available" in proc.stderr and "[uring]" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_uring_bench_measures_every_case():
+    """tools/uring_bench.py (the measurement behind --loop auto) runs and reports each case."""
+    proc = subprocess.run(
+        [sys.executable, "tools/uring_bench.py", "--iterations", "300", "--pipes", "3"],
+        capture_output=True, text=True, timeout=120,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 5 and all(float(ln.split()[-2]) > 0 for ln in lines), proc.stdout
