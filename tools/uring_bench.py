@@ -57,26 +57,26 @@ def main(argv: list[str] | None = None) -> int:
         b.recv_into(buf)
     results["wake-up: epoll_wait + recv_into"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    for _ in range(n):
-        a.send(b"z")
-        sqe = u.io_uring_get_sqe(ring)
-        u.io_uring_prep_poll_add(sqe, b.fileno(), select.POLLIN)
-        sqe.user_data = 2
-        u.io_uring_submit_and_wait_timeout(ring, cqe, 1, ts)
-        reap()
-        b.recv_into(buf)
-    results["wake-up: io_uring poll + recv_into"] = time.perf_counter() - t0
+    def uring_wake_ups(prep, then_recv: bool) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            a.send(b"z")
+            sqe = u.io_uring_get_sqe(ring)
+            prep(sqe)
+            sqe.user_data = 2
+            u.io_uring_submit_and_wait_timeout(ring, cqe, 1, ts)
+            reap()
+            if then_recv:
+                b.recv_into(buf)
+        return time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    for _ in range(n):
-        a.send(b"z")
-        sqe = u.io_uring_get_sqe(ring)
-        u.io_uring_prep_recv(sqe, b.fileno(), buf, len(buf), 0)
-        sqe.user_data = 3
-        u.io_uring_submit_and_wait_timeout(ring, cqe, 1, ts)
-        reap()
-    results["wake-up: io_uring recv completion"] = time.perf_counter() - t0
+    fd = b.fileno()
+    results["wake-up: io_uring poll + recv_into"] = uring_wake_ups(
+        lambda sqe: u.io_uring_prep_poll_add(sqe, fd, select.POLLIN), True
+    )
+    results["wake-up: io_uring recv completion"] = uring_wake_ups(
+        lambda sqe: u.io_uring_prep_recv(sqe, fd, buf, len(buf), 0), False
+    )
 
     pipes = [os.pipe() for _ in range(args.pipes)]
     record = b"x" * 100
