@@ -217,7 +217,10 @@ def test_hangup_reaches_the_reader(loop):
 
 
 def test_fd_closed_without_removal_is_dropped(loop):
-    """As epoll forgets a closed fd, the loop goes on without calling its callback."""
+    """Closing a watched fd (against the rule: remove first) does not break the loop.
+
+    epoll forgets the fd; io_uring's pending poll still holds the pipe, sees the hang-up and
+    calls the callback once, then the watch is gone: at most one call either way."""
     r, w = os.pipe()
     calls = []
     loop.add_reader(r, lambda: calls.append(1))
