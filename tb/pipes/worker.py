@@ -79,14 +79,20 @@ class Worker:
 def _death_signal_setter() -> object:
     """A preexec_fn asking the kernel for SIGHUP when the balancer dies.
 
+    SIGHUP is set back to its default action first: a balancer started under nohup ignores it,
+    an ignored disposition survives exec, and the worker would outlive the balancer.
     Everything that allocates or loads (ctypes, libc) is done here, before the fork."""
     libc = ctypes.CDLL(None, use_errno=True)
     prctl = libc.prctl
     prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    set_handler = libc.signal
+    set_handler.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    set_handler.restype = ctypes.c_void_p
     parent = os.getpid()
     sighup = int(signal.SIGHUP)
 
     def set_death_signal() -> None:
+        set_handler(sighup, None)  # SIG_DFL
         if prctl(_PR_SET_PDEATHSIG, sighup, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
         if os.getppid() != parent:  # the balancer died before prctl took effect

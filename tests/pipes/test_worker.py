@@ -95,7 +95,7 @@ def test_wait_timeout_and_terminate(pipes, reap, tmp_path):
 REAPER = r"""
 import ctypes, json, os, signal, subprocess, sys, time
 ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: orphans come to us
-middle = subprocess.Popen([sys.executable, "-c", sys.argv[1]], stdout=subprocess.PIPE)
+middle = subprocess.Popen([sys.executable, "-c", *sys.argv[1:]], stdout=subprocess.PIPE)
 worker_pid = int(middle.stdout.readline())
 os.kill(middle.pid, signal.SIGKILL)
 middle.wait()
@@ -117,7 +117,9 @@ else:
 """
 
 MIDDLE = r"""
-import sys
+import signal, sys
+if sys.argv[1:] == ["nohup"]:  # started as under nohup: SIGHUP ignored, and inherited so
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 from tb.pipes import open_pipes, spawn_worker
 ps = open_pipes(1, 65536)
 w = spawn_worker([sys.executable, "-c", "import time; time.sleep(30)"], ps.read_fds, ".")
@@ -126,9 +128,10 @@ import time; time.sleep(30)
 """
 
 
-def test_worker_gets_sighup_when_the_balancer_dies(tmp_path):
+@pytest.mark.parametrize("how", ["plain", "nohup"])
+def test_worker_gets_sighup_when_the_balancer_dies(tmp_path, how):
     out = subprocess.run(
-        [sys.executable, "-c", REAPER, MIDDLE],
+        [sys.executable, "-c", REAPER, MIDDLE, how],
         capture_output=True,
         text=True,
         timeout=30,
