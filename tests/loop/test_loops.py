@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -90,8 +91,6 @@ def test_writer_fires_when_a_full_pipe_drains_and_not_before(loop):
 
 
 def select_readable(fd: int) -> bool:
-    import select
-
     return bool(select.select([fd], [], [], 0)[0])
 
 
