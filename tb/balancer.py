@@ -630,7 +630,6 @@ class Balancer:
     def _route_spans(self, starts, ends, ops) -> bool:
         """Route the scanned data frames; False if the connection failed (bad UTF-8)."""
         t0 = perf_counter()
-        view = self.view
         # numpy's fixed cost per batch (~0.5-1 ms) pays only for big batches; small ones (a
         # quiet feed's few trades per receive) take the same rules in plain Python
         if ends[-1] - starts[0] >= self.router.numpy_min_bytes:
@@ -644,7 +643,7 @@ class Balancer:
             )
             payloads = None
         else:
-            payloads = [view[s:e] for s, e in zip(as_list(starts), as_list(ends), strict=True)]
+            payloads = self._payloads(starts, ends)
             batch = route_small(payloads, self.cfg.pipes, self.cfg.hash, self.symbol_pipes)
         if batch is not None:
             self.c.messages += len(starts)
@@ -652,9 +651,9 @@ class Balancer:
             return True
         # Not feed-shaped (statuses, other layouts, unicode...): the general router, after the
         # UTF-8 check that the span router's ASCII test would have made unnecessary.
-        bad, error = utf8_errors(view, starts, ends, ops)
+        bad, error = utf8_errors(self.view, starts, ends, ops)
         if payloads is None:
-            payloads = [view[s:e] for s, e in zip(as_list(starts), as_list(ends), strict=True)]
+            payloads = self._payloads(starts, ends)
         if bad >= 0:
             if bad:  # the messages before the bad one arrived whole: they are routed
                 self._route(payloads[:bad])
@@ -668,6 +667,11 @@ class Balancer:
             return False
         self._route(payloads)
         return self.transport is not None
+
+    def _payloads(self, starts, ends) -> list:
+        """The scanned messages as views of the arena (valid until the arena is compacted)."""
+        view = self.view
+        return [view[s:e] for s, e in zip(as_list(starts), as_list(ends), strict=True)]
 
     def _route(self, messages: list) -> None:
         t0 = perf_counter()

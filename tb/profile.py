@@ -281,9 +281,7 @@ def _measure(
     worker = [sys.executable, "-m", "tb.pipes.count_worker", "--out", str(work / "worker.json"),
               "--progress", str(progress_path)]  # fmt: skip
     if latency:
-        worker += (
-            ["--latency"] if getattr(args, "sleeping_worker", False) else ["--latency", "--spin"]
-        )
+        worker += ["--latency"] if res.latency_kind == "feed->worker" else ["--latency", "--spin"]
     err_path = work / "balancer.log"
     with open(err_path, "w") as err:
         proc = subprocess.Popen(

@@ -26,6 +26,16 @@ def loop(request):
     lp.close()
 
 
+@pytest.fixture
+def sockets():
+    """A connected pair (a, b), b nonblocking; both closed afterwards."""
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()
+
+
 def run_for(loop, seconds: float) -> float:
     """Run until stop() or `seconds`; return the time it ran."""
     t0 = time.monotonic()
@@ -46,10 +56,9 @@ def full_pipe() -> tuple[int, int]:
     return r, w
 
 
-def test_reader_is_level_triggered(loop):
+def test_reader_is_level_triggered(loop, sockets):
     """A callback that reads less than what is there is called again without new data."""
-    a, b = socket.socketpair()
-    b.setblocking(False)
+    a, b = sockets
     got = []
 
     def on_read():
@@ -61,8 +70,6 @@ def test_reader_is_level_triggered(loop):
     a.send(b"hello")
     assert run_for(loop, 5) < 4 and b"".join(got) == b"hello"
     loop.remove_reader(b.fileno())
-    a.close()
-    b.close()
 
 
 def test_writer_fires_when_a_full_pipe_drains_and_not_before(loop):
@@ -94,9 +101,8 @@ def select_readable(fd: int) -> bool:
     return bool(select.select([fd], [], [], 0)[0])
 
 
-def test_removed_reader_is_not_called_and_a_new_one_is(loop):
-    a, b = socket.socketpair()
-    b.setblocking(False)
+def test_removed_reader_is_not_called_and_a_new_one_is(loop, sockets):
+    a, b = sockets
     calls = []
     loop.add_reader(b.fileno(), lambda: calls.append("old"))
     loop.remove_reader(b.fileno())
@@ -114,8 +120,6 @@ def test_removed_reader_is_not_called_and_a_new_one_is(loop):
     loop.remove_reader(b.fileno())
     a.send(b"y")
     assert run_for(loop, 0.2) >= 0.19 and calls == ["new"]
-    a.close()
-    b.close()
 
 
 def test_a_reused_fd_number_reaches_only_its_new_callback(loop):
@@ -174,9 +178,8 @@ def test_a_callback_may_remove_another_ready_watch(loop):
         b.close()
 
 
-def test_reader_and_writer_on_one_fd(loop):
-    a, b = socket.socketpair()
-    b.setblocking(False)
+def test_reader_and_writer_on_one_fd(loop, sockets):
+    a, b = sockets
     seen = set()
 
     def on_read():
@@ -194,13 +197,10 @@ def test_reader_and_writer_on_one_fd(loop):
     loop.call_later(0.3, loop.stop)
     loop.run()
     assert seen == {"r", "w"}
-    a.close()
-    b.close()
 
 
-def test_hangup_reaches_the_reader(loop):
-    a, b = socket.socketpair()
-    b.setblocking(False)
+def test_hangup_reaches_the_reader(loop, sockets):
+    a, b = sockets
     got = []
 
     def on_read():
@@ -212,7 +212,6 @@ def test_hangup_reaches_the_reader(loop):
     a.close()
     run_for(loop, 5)
     assert got == [b""]
-    b.close()
 
 
 def test_fd_closed_without_removal_is_dropped(loop):
