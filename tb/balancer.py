@@ -86,6 +86,7 @@ class RunConfig:
     max_buffer: int = 1 << 30
     max_message: int = 16 << 20
     loop: str = "auto"
+    busy_poll: float = 0.0  # seconds the loop keeps polling after an event before it sleeps
     pipe_size: int | None = None
     tls: bool | None = None  # None: by the URL's scheme
     tls_mode: str = "auto"  # auto | ktls | userspace
@@ -132,6 +133,7 @@ class Balancer:
     def __init__(self, cfg: RunConfig, loop: Loop | None = None) -> None:
         self.cfg = cfg
         self.loop = loop or choose_loop(cfg.loop)
+        self.loop.busy_poll = cfg.busy_poll
         self.router = Router(cfg.pipes, hash=cfg.hash, numpy_min_bytes=cfg.numpy_min_bytes)
         self.c = Counters(per_pipe=[0] * cfg.pipes)
         # The arena holds at least one whole message of max size plus its frame header.

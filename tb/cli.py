@@ -62,6 +62,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def microseconds(text: str) -> int:
+    """An argparse type: a whole number of microseconds >= 0 (underscores allowed)."""
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of microseconds: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
+    return value
+
+
 def positive_float(text: str) -> float:
     """An argparse type: a number > 0."""
     try:
@@ -145,6 +156,16 @@ def add_run_arguments(p: argparse.ArgumentParser, *, positional: bool = True) ->
         default="auto",
         help="event loop: auto (= epoll; uring measured level with it), epoll, or uring "
         "(io_uring readiness; needs pip install 'tb[uring]')",
+    )
+    p.add_argument(
+        "--busy-poll",
+        type=microseconds,
+        default=0,
+        metavar="USEC",
+        help="after each event keep polling for up to USEC microseconds before sleeping in the"
+        " kernel (default 0: sleep at once). Spinning keeps caches warm and skips the wake-up:"
+        " lower latency on a quiet feed, for a core's worth of CPU while messages come closer"
+        " together than USEC",
     )
     p.add_argument(
         "--cafile", help="CA bundle to verify the server with (default: the system store)"
@@ -243,6 +264,7 @@ def _run_config(args: argparse.Namespace, worker: list[str]):
         max_buffer=args.max_buffer,
         max_message=args.max_message,
         loop=args.loop,
+        busy_poll=args.busy_poll / 1e6,
         pipe_size=args.pipe_size,
         tls=getattr(args, "force_tls", None),
         tls_mode=args.tls,

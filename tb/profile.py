@@ -33,7 +33,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tb.cli import add_logging_arguments
+from tb.cli import add_logging_arguments, microseconds
 from tb.pipes.count_worker import progress_size, read_progress
 from tb.replay import LISTENING
 
@@ -58,6 +58,7 @@ class ProfileResult:
     pipes: int
     loop: str
     tls: str
+    busy_poll_us: int = 0
     delivered: int = 0
     seconds: float = 0.0
     trades_per_s: float = 0.0
@@ -102,6 +103,13 @@ def add_parser(subparsers) -> None:
         help="tb's event loop (tb run --loop)",
     )
     p.add_argument("--hash", choices=["mixed", "compat"], default="mixed", help="tb's hash")
+    p.add_argument(
+        "--busy-poll",
+        type=microseconds,
+        default=0,
+        metavar="USEC",
+        help="tb's busy polling (tb run --busy-poll; default 0)",
+    )
     p.add_argument(
         "--tls",
         choices=["none", "userspace", "ktls"],
@@ -208,6 +216,8 @@ def run_profile(args: argparse.Namespace, live: bool = True) -> ProfileResult:
     trades = args.trades or (default_trades if default_trades else int((rate or 2000) * 10))
     name = args.balancer or "tb"
     res = ProfileResult(args.workload, name, trades, args.pipes, args.loop, args.tls)
+    if name == "tb":
+        res.busy_poll_us = args.busy_poll
     if getattr(args, "sleeping_worker", False):
         res.latency_kind = "feed->worker"
     cap = cached_capture(gen_profile, trades, args.symbols)
@@ -268,7 +278,8 @@ def _balancer_cmd(args, url: str, work: Path, worker: list[str]) -> list[str]:
             *worker,
         ]
     cmd = [sys.executable, "-m", "tb", "run", url, "--pipes", str(args.pipes), "--key", "profile-key",
-           "--loop", args.loop, "--hash", args.hash, "--workdir", str(work), "--stats", "0"]  # fmt: skip
+           "--loop", args.loop, "--hash", args.hash, "--workdir", str(work), "--stats", "0",
+           "--busy-poll", str(args.busy_poll)]  # fmt: skip
     if args.tls != "none":
         cmd += ["--insecure", "--tls", "ktls" if args.tls == "ktls" else "userspace"]
     return [*cmd, "--", *worker]
@@ -418,7 +429,8 @@ def _latency(summary_path: Path, payloads: list[bytes], send_log: list) -> dict:
 def format_result(r: ProfileResult) -> str:
     lines = [
         f"tb profile: {r.workload}, {r.trades:,} trades, {r.pipes} pipes, balancer {r.balancer}"
-        f"{'' if r.balancer != 'tb' else f', loop {r.loop}'}, tls {r.tls}",
+        f"{'' if r.balancer != 'tb' else f', loop {r.loop}'}, tls {r.tls}"
+        f"{f', busy-poll {r.busy_poll_us} us' if r.busy_poll_us else ''}",
     ]
     if r.error:
         lines.append(f"  FAILED: {r.error}")

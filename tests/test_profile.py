@@ -34,7 +34,9 @@ def test_quiet_run_reports_tb_counters(tmp_path):
     assert r["fair_share"] == pytest.approx(0.25) and r["max_pipe_share"] >= 0.25
 
 
-@pytest.mark.parametrize("worker", [[], ["--sleeping-worker"]])
+@pytest.mark.parametrize(
+    "worker", [[], ["--sleeping-worker"], ["--sleeping-worker", "--busy-poll", "20000"]]
+)
 def test_trickle_measures_latency(tmp_path, worker):
     r = profile(tmp_path, "--workload", "trickle", "--rate", "1000", "--trades", "800", *worker)
     assert r["ok"] and r["delivered"] == 800
@@ -42,6 +44,13 @@ def test_trickle_measures_latency(tmp_path, worker):
     assert lat["count"] > 200  # the first 250 ms are warm-up
     assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"] < 1e6
     assert r["latency_kind"] == ("feed->worker" if worker else "feed->pipe")
+    # tb's CPU while streaming: a few % of a core asleep between messages; spinning through
+    # every gap (messages come every few ms, well within 20 ms) it is most of a core
+    busy = float(r["tb"]["cpu_s_per_million"]) * 1000 / 1e6  # CPU s per second at 1000/s
+    if "--busy-poll" in worker:
+        assert r["busy_poll_us"] == 20000 and busy > 0.5, busy
+    else:
+        assert r["busy_poll_us"] == 0 and busy < 0.3, busy
 
 
 def test_other_balancer_through_the_original_cli(tmp_path):

@@ -1,7 +1,8 @@
 """Profile several balancers side by side in one run and print a markdown table with ratios.
 
     python3 tools/compare.py [--workloads burst,quiet,trickle] [--runs 3] \\
-        [--balancer NAME=CMD ...]      # each CMD takes the C original's CLI
+        [--balancer NAME=CMD ...] \\    # each CMD takes the C original's CLI
+        [--busy-poll USEC]             # also tb with tb run --busy-poll USEC
 
 tb itself is always included. Each workload runs every balancer in turn, --runs times, and the
 table shows the median of each figure and the ratio to tb's. Uses tb profile's harness.
@@ -17,7 +18,9 @@ import time
 from tb.profile import run_profile
 
 
-def profile_args(workload: str, balancer: str | None, ns: argparse.Namespace) -> argparse.Namespace:
+def profile_args(
+    workload: str, balancer: str | None, ns: argparse.Namespace, busy_poll: int = 0
+) -> argparse.Namespace:
     return argparse.Namespace(
         workload=workload,
         trades=ns.trades.get(workload),
@@ -26,6 +29,7 @@ def profile_args(workload: str, balancer: str | None, ns: argparse.Namespace) ->
         pipes=ns.pipes,
         loop="auto",
         hash="mixed",
+        busy_poll=busy_poll,
         tls="none",
         balancer=balancer,
         runs=1,
@@ -46,16 +50,22 @@ def main() -> int:
     p.add_argument("--burst-trades", type=int, default=5_000_000)
     p.add_argument("--quiet-trades", type=int, default=1_000_000)
     p.add_argument("--balancer", action="append", default=[], metavar="NAME=CMD")
+    p.add_argument(
+        "--busy-poll", type=int, default=0, metavar="USEC", help="add tb --busy-poll USEC"
+    )
     ns = p.parse_args()
     ns.trades = {"burst": ns.burst_trades, "quiet": ns.quiet_trades, "trickle": int(ns.rate * 10)}
-    others = [tuple(b.split("=", 1)) for b in ns.balancer]
+    entries = [("tb", None, 0)]
+    if ns.busy_poll:
+        entries.append((f"tb --busy-poll {ns.busy_poll}", None, ns.busy_poll))
+    entries += [(*b.split("=", 1), 0) for b in ns.balancer]
     rows = []
     print(f"# {time.strftime('%Y-%m-%d')}, {ns.runs} runs each, median", file=sys.stderr)
     for workload in ns.workloads.split(","):
         results: dict[str, list] = {}
         for _ in range(ns.runs):
-            for name, cmd in [("tb", None), *others]:
-                r = run_profile(profile_args(workload, cmd, ns), live=False)
+            for name, cmd, busy in entries:
+                r = run_profile(profile_args(workload, cmd, ns, busy), live=False)
                 print(f"{workload} {name}: {r.cpu_s_per_million:.3f} CPU s/M, {r.trades_per_s:,.0f}/s "
                       f"{r.latency_us.get('p50', 0):.0f}/{r.latency_us.get('p99', 0):.0f} us"
                       f"{' ' + r.error if r.error else ''}", file=sys.stderr)  # fmt: skip

@@ -54,11 +54,11 @@ class EpollLoop(Loop):
         if self._writers.pop(fd, None) is not None:
             self._update(fd)
 
-    def poll(self, timeout: float | None) -> None:
+    def poll(self, timeout: float | None) -> bool:
         try:
             events = self._ep.poll(-1 if timeout is None else timeout)
         except InterruptedError:
-            return
+            return True  # a signal: its handler ran
         readers, writers = self._readers, self._writers
         for fd, ev in events:
             if ev & _IN:
@@ -69,6 +69,7 @@ class EpollLoop(Loop):
                 cb = writers.get(fd)
                 if cb is not None:
                     cb()
+        return bool(events)
 
     def close(self) -> None:
         self._ep.close()

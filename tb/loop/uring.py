@@ -110,7 +110,7 @@ class UringLoop(Loop):
         self._unwatch((fd, True))
 
     # -- waiting --------------------------------------------------------------------------------
-    def poll(self, timeout: float | None) -> None:
+    def poll(self, timeout: float | None) -> bool:
         ring, cqe = self._ring, self._cqe
         try:
             if timeout is None:
@@ -145,6 +145,7 @@ class UringLoop(Loop):
             # level-triggered: watch again whatever the callback did (unless it removed the watch)
             if key in callbacks and key not in live:
                 self._arm(key)
+        return bool(ready)
 
     def close(self) -> None:
         if self._open:

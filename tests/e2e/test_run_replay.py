@@ -30,24 +30,27 @@ def worker(log) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "profile,pipes,hash_name,loop",
+    "profile,pipes,hash_name,loop,busy_poll",
     [
-        ("burst", 4, "mixed", "epoll"),
-        ("quiet", 7, "compat", "epoll"),
-        ("burst", 32, "compat", "epoll"),
-        ("burst", 4, "mixed", "uring"),
-        ("quiet", 7, "compat", "uring"),
+        ("burst", 4, "mixed", "epoll", "0"),
+        ("quiet", 7, "compat", "epoll", "0"),
+        ("burst", 32, "compat", "epoll", "0"),
+        ("burst", 4, "mixed", "uring", "0"),
+        ("quiet", 7, "compat", "uring", "0"),
+        ("quiet", 7, "mixed", "epoll", "2000"),
+        ("burst", 4, "mixed", "uring", "2000"),
     ],
 )
 def test_every_trade_arrives_once_in_order(
-    tmp_path, captures, replay_factory, profile, pipes, hash_name, loop
+    tmp_path, captures, replay_factory, profile, pipes, hash_name, loop, busy_poll
 ):
     path, payloads = captures[profile]
     replay = replay_factory(str(path), "--close-after")
     log = tmp_path / "log.jsonl"
     proc = run_tb(
         ["run", replay.url + "/stocks", "--pipes", str(pipes), "--key", "k", "--once",
-         "--hash", hash_name, "--loop", loop, "--workdir", str(tmp_path), "--", *worker(log)]
+         "--hash", hash_name, "--loop", loop, "--busy-poll", busy_poll, "--workdir", str(tmp_path),
+         "--", *worker(log)]
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     check_delivery(read_log(log), payloads, pipes, hash_name)
@@ -169,6 +172,36 @@ def test_key_is_not_on_the_workers_argv(tmp_path, replay_factory, captures):
                 "true",
             ],
             "not a size",
+        ),
+        (
+            [
+                "run",
+                "ws://127.0.0.1:1/",
+                "--pipes",
+                "2",
+                "--key",
+                "k",
+                "--busy-poll",
+                "-5",
+                "--",
+                "true",
+            ],
+            "--busy-poll",
+        ),
+        (
+            [
+                "run",
+                "ws://127.0.0.1:1/",
+                "--pipes",
+                "2",
+                "--key",
+                "k",
+                "--busy-poll",
+                "0.5",
+                "--",
+                "true",
+            ],
+            "microseconds",
         ),
     ],
 )

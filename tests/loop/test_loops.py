@@ -240,6 +240,58 @@ def test_timers_run_in_deadline_order_and_cancel(loop):
     assert order == ["soon", "a", "b"] and 0.09 <= time.monotonic() - t0 < 2
 
 
+def test_busy_poll_spins_after_an_event_then_sleeps(loop, sockets):
+    """After an event the loop polls without sleeping for busy_poll seconds (its CPU time grows
+    while nothing arrives), then blocks (it stops growing); without busy_poll it blocks at once."""
+    a, b = sockets
+    got = []
+
+    def cpu_while_idle(busy: float) -> float:
+        loop.busy_poll = busy
+        a.send(b"x")
+        cpu = []
+        loop.call_later(0.05, lambda: cpu.append(time.process_time()))  # the byte is read by now
+        loop.call_later(1.0, lambda: cpu.append(time.process_time()))
+        run_for(loop, 1.05)
+        return cpu[1] - cpu[0]
+
+    loop.add_reader(b.fileno(), lambda: got.append(b.recv(10)))
+    sleeping = cpu_while_idle(0.0)
+    spinning = cpu_while_idle(0.4)  # spins ~0.35 s of the idle 0.95 s, sleeps the rest
+    assert got == [b"x", b"x"]
+    assert sleeping < 0.05, sleeping
+    assert 0.15 < spinning < 0.7, spinning
+    loop.remove_reader(b.fileno())
+
+
+def test_busy_poll_delivers_events_and_keeps_timers_on_time(loop, sockets):
+    """Data arriving while the loop spins is read at once, and a spin longer than the next timer
+    stops for it: the timer is not late."""
+    a, b = sockets
+    loop.busy_poll = 5.0
+    arrivals, fired = [], []
+
+    def on_read():
+        b.recv(10)
+        arrivals.append(time.monotonic())
+
+    def send():
+        sent.append(time.monotonic())
+        a.send(b"y")
+
+    sent: list[float] = []
+    loop.add_reader(b.fileno(), on_read)
+    t0 = time.monotonic()
+    for k in range(1, 6):
+        loop.call_later(0.02 * k, send)
+    loop.call_later(0.3, lambda: fired.append(time.monotonic()))
+    loop.call_later(0.35, loop.stop)
+    run_for(loop, 3)
+    assert len(arrivals) == 5 and all(r - s < 0.05 for r, s in zip(arrivals, sent, strict=True))
+    assert len(fired) == 1 and 0.29 <= fired[0] - t0 < 0.4
+    loop.remove_reader(b.fileno())
+
+
 def test_more_watches_than_submission_slots(loop):
     """1,200 pipes watched at once (the io_uring backend's queue holds 1,024 requests)."""
     import resource
