@@ -14,9 +14,9 @@ The interface is deliberately the asyncio-style subset tb needs:
 
 Busy polling (`busy_poll`, seconds; 0 by default): after each event the loop keeps polling
 without sleeping for up to that long (never past the next timer) before it blocks in the
-kernel. A sleeping process wakes with cold caches and branch predictors, which on a VM costs
-more than the work it wakes for; spinning trades a core for latency, as a market-data host
-with a core to spare chooses to.
+kernel. A process woken from sleep runs its first microseconds with cold caches, which on a VM
+costs more than the work it woke for (README, Performance); spinning trades a core for latency,
+as a market-data host with a core to spare may choose to.
 """
 
 from __future__ import annotations
