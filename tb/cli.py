@@ -51,26 +51,24 @@ def parse_size(text: str) -> int:
     return value
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number >= 1 (underscores allowed: 1_000_000)."""
+def _whole(text: str, least: int, what: str, bound: str) -> int:
     try:
         value = int(text.replace("_", ""))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+        raise argparse.ArgumentTypeError(f"not a whole number{what}: {text!r}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be {bound}: {text!r}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (underscores allowed: 1_000_000)."""
+    return _whole(text, 1, "", "at least 1")
 
 
 def microseconds(text: str) -> int:
     """An argparse type: a whole number of microseconds >= 0 (underscores allowed)."""
-    try:
-        value = int(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number of microseconds: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
-    return value
+    return _whole(text, 0, " of microseconds", "0 or more")
 
 
 def positive_float(text: str) -> float:

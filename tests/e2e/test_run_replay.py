@@ -147,6 +147,9 @@ def test_key_is_not_on_the_workers_argv(tmp_path, replay_factory, captures):
     assert argv[1:] == fds.split(",") and len(argv) == 4
 
 
+RUN_ARGS = ["run", "ws://127.0.0.1:1/", "--pipes", "2", "--key", "k"]  # all it needs but a worker
+
+
 @pytest.mark.parametrize(
     "args,needle",
     [
@@ -158,51 +161,9 @@ def test_key_is_not_on_the_workers_argv(tmp_path, replay_factory, captures):
         (["run", "http://x/", "--pipes", "2", "--key", "k", "--", "true"], "ws://"),
         (["run", "ws://127.0.0.1:1/", "--pipes", "2", "--", "true"], "no API key"),
         (["run", "ws://127.0.0.1:1/", "--pipes", "2", "--key", "k"], "no worker"),
-        (
-            [
-                "run",
-                "ws://127.0.0.1:1/",
-                "--pipes",
-                "2",
-                "--key",
-                "k",
-                "--max-buffer",
-                "lots",
-                "--",
-                "true",
-            ],
-            "not a size",
-        ),
-        (
-            [
-                "run",
-                "ws://127.0.0.1:1/",
-                "--pipes",
-                "2",
-                "--key",
-                "k",
-                "--busy-poll",
-                "-5",
-                "--",
-                "true",
-            ],
-            "--busy-poll",
-        ),
-        (
-            [
-                "run",
-                "ws://127.0.0.1:1/",
-                "--pipes",
-                "2",
-                "--key",
-                "k",
-                "--busy-poll",
-                "0.5",
-                "--",
-                "true",
-            ],
-            "microseconds",
-        ),
+        ([*RUN_ARGS, "--max-buffer", "lots", "--", "true"], "not a size"),
+        ([*RUN_ARGS, "--busy-poll", "-5", "--", "true"], "--busy-poll"),
+        ([*RUN_ARGS, "--busy-poll", "0.5", "--", "true"], "microseconds"),
     ],
 )
 def test_bad_command_lines_exit_2_with_one_line(args, needle):
