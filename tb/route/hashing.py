@@ -86,13 +86,10 @@ def fnv1a64_rows(rows: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     n, width = rows.shape
     if width > 256:
         raise ValueError("row width above 256")
-    # the columns as contiguous uint64 rows, cast once: a uint8 column per step would be cast
-    # (buffered) inside every xor, ~35% slower overall
-    cols = np.ascontiguousarray(rows.T, dtype=np.uint64)
     h = np.full(n, FNV_OFFSET, dtype=np.uint64)
-    for col in cols:
+    for col in range(width):
         # uint64 multiply wraps mod 2^64, exactly like the C original's arithmetic.
-        h ^= col
+        h ^= rows[:, col]
         h *= _PRIME
     # Undo the padding: each zero byte only multiplied by the prime (see module docstring).
     h *= _INV_POW[width - lengths]
