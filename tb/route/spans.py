@@ -87,6 +87,13 @@ def _first_byte(words: np.ndarray, byte: int) -> np.ndarray:
     return np.minimum(np.bitwise_count(below) >> 3, 8).astype(np.int64)
 
 
+def _has_byte(words: np.ndarray, byte: int) -> bool:
+    """Whether any little-endian uint64 word holds `byte` (the SWAR zero-byte test: exact for
+    "any", as its borrows only flag bytes above a real zero)."""
+    t = words ^ _U64(0x0101010101010101 * byte)
+    return bool(((t - _U64(0x0101010101010101)) & ~t & _U64(0x8080808080808080)).any())
+
+
 def _header_positions(starts: np.ndarray, ends: np.ndarray, lo: int) -> np.ndarray:
     """Every byte between one payload's end and the next payload's start (the frame headers)."""
     gap_from = np.concatenate(([lo], ends[:-1]))
@@ -186,16 +193,18 @@ def route_spans(
     start = np.empty(n, dtype=np.int64)
     start[1:] = close[:-1] + 2
     start[firsts] = starts[full] + 1
-    gap = np.flatnonzero(a[start] != 0x7B)
+    # each object's first 24 bytes as three words, in one gather: the "{" and the key prefix
+    obj = _rows(a, len(a) - 24, 24)[start].view(np.uint64).reshape(n, 3)
+    gap = np.flatnonzero((obj[:, 0] & _BYTE) != 0x7B)
     if len(gap):  # ", {" (json.dumps' default style) for these
         start[gap] += 1
         if not ((a[start[gap]] == 0x7B).all() and (a[start[gap] - 1] == 0x20).all()):
             return None
+        obj[gap] = _rows(a, len(a) - 24, 24)[start[gap]].view(np.uint64).reshape(len(gap), 3)
     # 3. the key layout; the fast lane is the feed's exact trade prefix, compact or spaced
     w64 = _view(a, np.uint64)
-    head = w64[start]
-    after = w64[start + 16]  # the quote opening the symbol, then its first 7 bytes
-    compact = (head == _T_COMPACT) & (w64[start + 8] == _T_COMPACT_TAIL) & ((after & _BYTE) == 0x22)
+    head, after = obj[:, 0], obj[:, 2]  # after: the symbol's opening quote, its first 7 bytes
+    compact = (head == _T_COMPACT) & (obj[:, 1] == _T_COMPACT_TAIL) & ((after & _BYTE) == 0x22)
     if compact.all():
         sym_at = start + 17
         first_word = after >> _U64(8)  # 7 symbol bytes; the top byte (0) is never a quote
@@ -203,7 +212,7 @@ def route_spans(
     else:
         spaced = (
             (head == _SPACED)
-            & (w64[start + 8] == _T_SPACED)
+            & (obj[:, 1] == _T_SPACED)
             & (_view(a, np.uint32)[start + 16] == _T_SPACED_TAIL)
         )
         sym_at = np.where(spaced, start + 20, start + 17)
@@ -228,16 +237,20 @@ def route_spans(
             return None
     if not sym_len.all() or (sym_at + sym_len >= close).any():
         return None
+    # an escape in a symbol sends the batch the general way (which decodes it)
     if width < known:
         # little-endian: the symbol's bytes, then zeros; only the first `width` columns count
-        rows = (first_word & _LOW_BYTES[sym_len])[:, None].view(np.uint8)[:, :width]
+        sym_word = first_word & _LOW_BYTES[sym_len]
+        if _has_byte(sym_word, 0x5C):
+            return None
+        rows = sym_word[:, None].view(np.uint8)[:, :width]
     else:
         words = np.stack([w64[sym_at + 8 * k] for k in range((width + 7) // 8)], axis=1)
         rows = words.view(np.uint8)[:, :width] * (
             np.arange(width, dtype=np.uint8) < sym_len[:, None]
         )
-    if (rows == 0x5C).any():  # an escape in a symbol: the general way decodes it
-        return None
+        if (rows == 0x5C).any():
+            return None
     # uint8 pipe numbers: numpy's stable radix sort takes one pass over them
     pipes = VECTOR_HASHES[hash_name](fnv1a64_rows(rows, sym_len), npipes)
     pipes = pipes.astype(np.uint8 if npipes <= 256 else np.uint16)

@@ -95,6 +95,10 @@ def test_long_records_long_symbols_and_the_arena_start():
         b'[{"ev":"status","status":"success","message":"subscribed to: T.*"}]',
         b'[{"sym":"AAPL","ev":"T","q":1}]',  # another key order
         b'[{"ev":"T","sym":"A\\"B","q":1}]',  # an escape in the symbol
+        b'[{"ev":"T","sym":"\\\\AB","q":1}]',  # ... first (an escaped backslash)
+        b'[{"ev":"T","sym":"ABCD\\\\","q":1}]',  # ... last of a one-word symbol
+        b'[{"ev": "T", "sym": "ABCDE\\\\","q":1}]',  # ... spaced
+        b'[{"ev":"T","sym":"O:SPY2512\\u0041C00650000","q":1}]',  # ... in a long symbol
         '[{"ev":"T","sym":"\u00c9T","q":1}]'.encode(),  # unicode
         b'[{"ev":"T","sym":"A","q":1,"x":"\x01"}]',  # a control byte
         b'[{"ev":"T","sym":"A","n":{"k":1}}]',  # nesting
