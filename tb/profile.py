@@ -33,7 +33,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tb.cli import add_logging_arguments, microseconds
+from tb.cli import CLIError, add_logging_arguments, microseconds
 from tb.pipes.count_worker import progress_size, read_progress
 from tb.replay import LISTENING
 
@@ -120,7 +120,8 @@ def add_parser(subparsers) -> None:
         "--balancer",
         metavar="CMD",
         help="profile another balancer with the C original's CLI (CMD KEY URL NPIPES WORKDIR WORKER...)"
-        " instead of tb, e.g. --balancer ./lb or --balancer 'python3 tools/naive_client.py'",
+        " instead of tb, e.g. --balancer ./lb or --balancer 'python3 tools/naive_client.py'"
+        " (--loop, --hash and --busy-poll are tb's: not with --balancer)",
     )
     p.add_argument(
         "--sleeping-worker",
@@ -507,7 +508,17 @@ def _plot(results: list[ProfileResult], path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+# options that only `tb run` takes, with their defaults: another balancer has no such options
+_TB_ONLY = {"loop": "auto", "hash": "mixed", "busy_poll": 0}
+
+
 def main(args: argparse.Namespace) -> int:
+    if args.balancer:
+        given = [k for k, default in _TB_ONLY.items() if getattr(args, k) != default]
+        if given:
+            flags = ", ".join("--" + k.replace("_", "-") for k in given)
+            verb = "applies" if len(given) == 1 else "apply"
+            raise CLIError(f"{flags} {verb} to tb only, not to a --balancer command")
     results = []
     for _ in range(max(1, args.runs)):
         r = run_profile(args, live=not args.json)

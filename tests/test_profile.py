@@ -58,3 +58,20 @@ def test_other_balancer_through_the_original_cli(tmp_path):
                 "--balancer", f"{sys.executable} -m tb lb")  # fmt: skip
     assert r["ok"] and r["delivered"] == 2000 and r["balancer"] != "tb"
     assert int(r["tb"]["routed"]) == 2000  # tb lb prints the same summary line
+
+
+@pytest.mark.parametrize(
+    "option", [["--busy-poll", "100"], ["--loop", "epoll"], ["--hash", "compat"]]
+)
+def test_tb_options_with_another_balancer_are_usage_errors(tmp_path, option):
+    # another balancer has none of tb run's options: saying so beats profiling without them
+    proc = subprocess.run(
+        [sys.executable, "-m", "tb", "profile", "--balancer", "./lb", *option],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip() == (
+        f"tb profile: error: {option[0]} applies to tb only, not to a --balancer command"
+    )
