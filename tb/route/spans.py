@@ -284,7 +284,7 @@ def _rows(buf: np.ndarray, count: int, width: int) -> np.ndarray:
 def _build(a: np.ndarray, start, close, pipes, npipes: int, scratch: Scratch | None) -> RouteBatch:
     """5. One contiguous run per pipe, built from fixed-width row copies.
 
-    Every record goes out as a row [u32 length][its first ROW bytes][spill], read from 4 bytes
+    Every record goes out as a row [u32 length][its first `row` bytes][spill], read from 4 bytes
     before the record (those 4 then replaced by the length); the rare record longer than ROW
     gets the rest by an exact copy afterwards. Rows are read and written in feed order, which
     within a pipe is output order: a row's spill past its record lands on later records of the
@@ -292,10 +292,13 @@ def _build(a: np.ndarray, start, close, pipes, npipes: int, scratch: Scratch | N
     of a pipe's last row lands in that gap, never on the next pipe's records.
     """
     n = len(start)
-    width = 4 + ROW
     order = np.argsort(pipes, kind="stable")  # small unsigned ints: numpy's radix sort
     sorted_pipes = pipes[order]
     lens = close - start + 1
+    # rows as wide as the batch's longest record (a 4-byte multiple), at most ROW: copying a
+    # narrower row is cheaper
+    row = min(ROW, (int(lens.max()) + 3) & ~3)
+    width = 4 + row
     sizes = lens + 4
     sorted_sizes = sizes[order]
     offs = np.cumsum(sorted_sizes) - sorted_sizes
@@ -309,7 +312,7 @@ def _build(a: np.ndarray, start, close, pipes, npipes: int, scratch: Scratch | N
     staged = _rows(a, len(a) - width, width)[np.maximum(start - 4, 0)]
     stage = staged.view(np.uint8).reshape(n, width)
     for k in np.flatnonzero(start < 4).tolist():  # a record at the very start of the arena
-        m = min(int(lens[k]), ROW)
+        m = min(int(lens[k]), row)
         stage[k, 4 : 4 + m] = a[int(start[k]) : int(start[k]) + m]
     # the 4 bytes before each record become its u32 LE length (rows are 4-byte multiples)
     stage.view("<u4")[:, 0] = lens
@@ -317,9 +320,9 @@ def _build(a: np.ndarray, start, close, pipes, npipes: int, scratch: Scratch | N
     _rows(out, size - width + 1, width)[dest] = staged
     view = memoryview(out)
     arena = memoryview(a)
-    for k in np.flatnonzero(lens > ROW).tolist():  # the rare record longer than its row
+    for k in np.flatnonzero(lens > row).tolist():  # the rare record longer than its row
         o, s0, m = int(dest[k]) + 4, int(start[k]), int(lens[k])
-        view[o + ROW : o + m] = arena[s0 + ROW : s0 + m]
+        view[o + row : o + m] = arena[s0 + row : s0 + m]
     bounds = np.searchsorted(sorted_pipes, np.arange(npipes + 1))
     counts = np.diff(bounds).tolist()
     byte_bounds = np.concatenate((offs, [total]))[bounds]
