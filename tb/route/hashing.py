@@ -1,17 +1,20 @@
 """Symbol -> pipe hashing, scalar and vectorized.
 
-Both mappings start from FNV-1a-64 of the symbol's bytes (offset 0xcbf29ce484222325, prime
-0x100000001b3, xor then multiply, per byte):
-
 - ``compat``: ``((fnv1a64(sym) >> 32) & 0xffffffff) % npipes`` -- the C original's mapping, bit for
-  bit. Its high bits barely move for short keys (the prime is 2^40 + 0x1b3), so 1-2 letter tickers
+  bit. FNV-1a-64: offset 0xcbf29ce484222325, prime 0x100000001b3, xor then multiply, per byte.
+  Its high bits barely move for short keys (the prime is 2^40 + 0x1b3), so 1-2 letter tickers
   pile up on one pipe.
-- ``mixed`` (default): fnv1a64, then murmur3's fmix64 finalizer, then ``% npipes``.
+- ``mixed`` (default): the symbol as little-endian 8-byte words (the last one zero padded), each
+  multiplied by its own odd constant, xor-ed together, then murmur3's fmix64 finalizer, then
+  ``% npipes``. Every bit of the symbol reaches every bit of the result, and it takes a few
+  operations per word where FNV takes two per byte: a batch's symbols are mostly one word.
+  A zero word adds nothing, so zero padding to any number of words gives the same hash.
 
-The numpy versions hash many symbols at once from zero-padded fixed-width rows. A zero padding byte
-only multiplies the running hash by the prime (xor with 0 is a no-op), so the padded hash equals
-``fnv1a64(sym) * PRIME**pad`` mod 2^64 and is corrected by multiplying with ``PRIME_INV**pad``
-(the prime is odd, hence invertible mod 2^64). tests/route/test_hashing.py pins scalar == vector.
+The numpy versions hash many symbols at once from zero-padded fixed-width rows (or, for mixed,
+the words themselves). For FNV a zero padding byte only multiplies the running hash by the
+prime (xor with 0 is a no-op), so the padded hash equals ``fnv1a64(sym) * PRIME**pad`` mod 2^64
+and is corrected by multiplying with ``PRIME_INV**pad`` (the prime is odd, hence invertible
+mod 2^64). tests/route/test_hashing.py pins scalar == vector.
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ __all__ = [
     "fmix64",
     "fnv1a64",
     "fnv1a64_rows",
+    "mix64",
     "pipe_compat",
     "pipe_mixed",
     "pipes_compat",
     "pipes_mixed",
+    "pipes_mixed_words",
 ]
 
 MASK64 = 0xFFFFFFFFFFFFFFFF
@@ -59,14 +64,31 @@ def fmix64(k: int) -> int:
     return k
 
 
+def _word_constant(k: int) -> int:
+    """The odd multiplier of a symbol's k-th word (a different one for every position)."""
+    return fmix64(0x9E3779B97F4A7C15 * (k + 1) & MASK64) | 1
+
+
+WORD_CONSTANTS = [_word_constant(k) for k in range(64)]  # symbols up to 512 bytes; more: computed
+
+
+def mix64(sym: bytes) -> int:
+    """The mixed hash: fmix64 of the xor of each little-endian 8-byte word times its constant."""
+    h = 0
+    for k in range(0, len(sym), 8):
+        c = WORD_CONSTANTS[k >> 3] if k < 512 else _word_constant(k >> 3)
+        h ^= (int.from_bytes(sym[k : k + 8], "little") * c) & MASK64
+    return fmix64(h)
+
+
 def pipe_compat(sym: bytes, npipes: int) -> int:
     """The C original's pipe for ``sym``: high 32 bits of FNV-1a-64, mod ``npipes``."""
     return ((fnv1a64(sym) >> 32) & 0xFFFFFFFF) % npipes
 
 
 def pipe_mixed(sym: bytes, npipes: int) -> int:
-    """A well-mixed pipe for ``sym``: fmix64(FNV-1a-64), mod ``npipes``."""
-    return fmix64(fnv1a64(sym)) % npipes
+    """A well-mixed pipe for ``sym``: mix64(sym) mod ``npipes``."""
+    return mix64(sym) % npipes
 
 
 HASHES: dict[str, Callable[[bytes, int], int]] = {"mixed": pipe_mixed, "compat": pipe_compat}
@@ -114,17 +136,38 @@ def _mod(k: np.ndarray, npipes: int) -> np.ndarray:
     return k.view(np.int64)  # every value is below npipes: the same numbers
 
 
-def pipes_compat(hashes: np.ndarray, npipes: int) -> np.ndarray:
-    """Vector ``pipe_compat`` from FNV-1a-64 hashes (uint64) -> int64 pipe numbers."""
-    return _mod(hashes >> _U64(32), npipes)
+def pipes_compat(rows: np.ndarray, lengths: np.ndarray, npipes: int) -> np.ndarray:
+    """Vector ``pipe_compat`` of zero-padded symbol rows (as fnv1a64_rows) -> int64 pipes."""
+    return _mod(fnv1a64_rows(rows, lengths) >> _U64(32), npipes)
 
 
-def pipes_mixed(hashes: np.ndarray, npipes: int) -> np.ndarray:
-    """Vector ``pipe_mixed`` from FNV-1a-64 hashes (uint64) -> int64 pipe numbers."""
-    return _mod(_fmix64_vec(hashes), npipes)
+_WORD_CONSTANTS = np.array(WORD_CONSTANTS, dtype=np.uint64)
 
 
-VECTOR_HASHES: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
+def pipes_mixed_words(words: np.ndarray, npipes: int) -> np.ndarray:
+    """Vector ``pipe_mixed`` of symbols as zero-padded little-endian uint64 words: shape (n,)
+    for symbols of at most 8 bytes, (n, k) for longer ones -> int64 pipe numbers."""
+    if words.ndim == 1:
+        h = words * _WORD_CONSTANTS[0]
+    else:
+        h = words[:, 0] * _WORD_CONSTANTS[0]
+        for k in range(1, words.shape[1]):
+            h ^= words[:, k] * _WORD_CONSTANTS[k]
+    return _mod(_fmix64_vec(h), npipes)
+
+
+def pipes_mixed(rows: np.ndarray, lengths: np.ndarray, npipes: int) -> np.ndarray:
+    """Vector ``pipe_mixed`` of zero-padded symbol rows (as fnv1a64_rows) -> int64 pipes."""
+    n, width = rows.shape
+    if width > 8 * len(_WORD_CONSTANTS):
+        raise ValueError(f"row width above {8 * len(_WORD_CONSTANTS)}")
+    padded = np.zeros((n, max(8, (width + 7) & ~7)), dtype=np.uint8)
+    padded[:, :width] = rows
+    return pipes_mixed_words(padded.view("<u8"), npipes)
+
+
+# (rows, lengths, npipes) -> int64 pipe numbers; rows zero padded past each symbol's length
+VECTOR_HASHES: dict[str, Callable[[np.ndarray, np.ndarray, int], np.ndarray]] = {
     "mixed": pipes_mixed,
     "compat": pipes_compat,
 }

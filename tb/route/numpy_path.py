@@ -10,7 +10,7 @@ quotes, unusual whitespace, long values -- get a short Python loop over just tho
 3. Rule 4 by byte patterns: ``"sym"``/``"pair"`` found with four uint32 views (offsets 0-3);
    the value from the two usual gap styles (``:`` / ``: ``) or 48-byte rows; ev found from the
    rare values ``"status"``/``"C"`` looking back for ``"ev"``.
-4. Hash the symbols from zero-padded fixed-width rows (vectorized FNV-1a, tb.route.hashing).
+4. Hash the symbols from zero-padded fixed-width rows (vectorized, tb.route.hashing).
 5. Merge in the slow path's records by feed position, stable-argsort by pipe, and build one
    output buffer: 64-byte row copies (the last row end-aligned) plus u32 headers written
    through an unaligned uint32 view; each pipe's run is a memoryview slice of it.
@@ -25,7 +25,6 @@ import numpy as np
 
 from .batch import MAX_ERRORS, RouteBatch
 from .fast_rules import MAX_FAST_SYMBOL, WS
-from .hashing import fnv1a64_rows
 from .python_path import _value
 from .slow import route_slowly
 
@@ -327,9 +326,9 @@ def _hash_symbols(buf, starts, lengths, npipes, vector_pipes):
         return np.zeros(0, dtype=_I64)
     width = max(int(lengths.max()), 1)
     rows = _windows(buf, np.dtype((np.void, width)))[starts].view(np.uint8).reshape(-1, width)
-    # Zero everything past each symbol: the padding the hash correction undoes (test_hashing).
+    # Zero everything past each symbol: the padding the hashes are built to ignore (test_hashing).
     rows *= np.arange(width) < lengths[:, None]
-    return vector_pipes(fnv1a64_rows(rows, lengths), npipes)
+    return vector_pipes(rows, lengths, npipes)
 
 
 def _build_runs(buf, starts, lengths, pipes, npipes):
@@ -381,7 +380,7 @@ def route_numpy(
     payloads: Sequence[bytes | bytearray | memoryview],
     npipes: int,
     pipe_of: Callable[[bytes], int],
-    vector_pipes: Callable[[np.ndarray, int], np.ndarray],
+    vector_pipes: Callable[[np.ndarray, np.ndarray, int], np.ndarray],
     scratch: Scratch | None = None,
 ) -> RouteBatch:
     """Route a batch with numpy (see tb.route.Router.route_numpy)."""

@@ -18,7 +18,8 @@ spans of a batch of complete messages (int64 arrays, feed order). Nothing is cop
    valid JSON the split is exact.
 4. Symbols: read as little-endian words after the prefix (one word for most tickers, up to
    SYM_ROW bytes); the first quote ends the symbol (a backslash in it, or no quote within
-   SYM_ROW, sends the batch the general way). FNV-1a-64 over the zero-padded bytes.
+   SYM_ROW, sends the batch the general way). The hash takes the zero-padded bytes (mixed: the
+   words as read).
 5. Output: stable radix sort by pipe; each record goes out as one fixed-width row holding its u32
    header and its bytes, read and written in feed order; a row's spill past its record is
    overwritten by later rows of its pipe, or lands in the gap of one row width left after each
@@ -40,7 +41,7 @@ import re
 import numpy as np
 
 from .batch import SYMBOL_CACHE_MAX, RouteBatch
-from .hashing import HASHES, VECTOR_HASHES, fnv1a64_rows
+from .hashing import HASHES, VECTOR_HASHES, pipes_mixed_words
 
 __all__ = ["route_spans", "route_small", "Scratch", "SPAN_PAD", "ROW"]
 
@@ -242,7 +243,11 @@ def route_spans(
         sym_word = first_word & _LOW_BYTES[sym_len]
         if _has_byte(sym_word, 0x5C):
             return None
-        rows = sym_word[:, None].view(np.uint8)[:, :width]
+        if hash_name == "mixed":  # the word is what the mixed hash takes
+            pipes = pipes_mixed_words(sym_word, npipes)
+        else:
+            rows = sym_word[:, None].view(np.uint8)[:, :width]
+            pipes = VECTOR_HASHES[hash_name](rows, sym_len, npipes)
     else:
         words = np.stack([w64[sym_at + 8 * k] for k in range((width + 7) // 8)], axis=1)
         rows = words.view(np.uint8)[:, :width] * (
@@ -250,8 +255,8 @@ def route_spans(
         )
         if (rows == 0x5C).any():
             return None
+        pipes = VECTOR_HASHES[hash_name](rows, sym_len, npipes)
     # uint8 pipe numbers: numpy's stable radix sort takes one pass over them
-    pipes = VECTOR_HASHES[hash_name](fnv1a64_rows(rows, sym_len), npipes)
     pipes = pipes.astype(np.uint8 if npipes <= 256 else np.uint16)
     return _build(a, start, close, pipes, npipes, scratch if keep_out else None)
 

@@ -15,8 +15,10 @@ from tb.route.hashing import (
     fmix64,
     fnv1a64,
     fnv1a64_rows,
+    mix64,
     pipe_compat,
     pipe_mixed,
+    pipes_mixed_words,
 )
 
 
@@ -67,12 +69,49 @@ def test_compat_is_the_c_mapping():
     assert pipe_compat(b"a", 32) == 12
 
 
-def test_mixed_is_fmix_then_mod():
+def reference_fmix64(k: int) -> int:
+    """murmur3's fmix64 as published, written independently."""
+    for shift, mult in ((33, 0xFF51AFD7ED558CCD), (33, 0xC4CEB9FE1A85EC53)):
+        k = ((k ^ (k >> shift)) * mult) % 2**64
+    return k ^ (k >> 33)
+
+
+def reference_mix64(sym: bytes) -> int:
+    """The mixed hash by its definition: words of 8 bytes (zero padded), word k times the odd
+    constant fmix64(golden * (k + 1)) | 1, xor-ed, then fmix64."""
+    h = 0
+    for k in range(0, len(sym), 8):
+        word = int.from_bytes(sym[k : k + 8].ljust(8, b"\0"), "little")
+        h ^= (word * (reference_fmix64(0x9E3779B97F4A7C15 * (k // 8 + 1) % 2**64) | 1)) % 2**64
+    return reference_fmix64(h)
+
+
+MIXED = {  # pinned: a change here moves symbols between pipes for every user
+    b"": 0,
+    b"A": 0x99987133CD9E8D6B,
+    b"AAPL": 0x5234CCDC34E10967,
+    b"BRK.A": 0x68ED64B0B009AB4C,
+    b"O:SPY251219C00650000": 0xFF6E1C6686EEFB16,
+    b"X:BTC-USD": 0x8D900EF5F21D7553,
+}
+
+
+def test_mixed_vectors():
     assert fmix64(0) == 0
-    assert fmix64(0xAF63DC4C8601EC8C) == 0x82A2A958A9BECE5B
-    for sym in [b"AAPL", b"a", b""]:
-        assert pipe_mixed(sym, 32) == fmix64(fnv1a64(sym)) % 32
+    assert fmix64(0xAF63DC4C8601EC8C) == reference_fmix64(0xAF63DC4C8601EC8C) == 0x82A2A958A9BECE5B
+    for sym, expected in MIXED.items():
+        assert reference_mix64(sym) == expected
+        assert mix64(sym) == expected
+        for n in (1, 3, 32, 1000):
+            assert pipe_mixed(sym, n) == expected % n
     assert pipe_mixed(b"AAPL", 32) == 7
+
+
+def test_mixed_matches_reference_on_many_inputs():
+    rng = np.random.default_rng(11)
+    for n in list(range(0, 70)) + [511, 512, 513, 700]:
+        data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        assert mix64(data) == reference_mix64(data)
 
 
 def test_hashes_table():
@@ -97,16 +136,27 @@ def rows_of(syms: list[bytes], width: int) -> tuple[np.ndarray, np.ndarray]:
     return rows, np.array([len(s) for s in syms], dtype=np.int64)
 
 
-@pytest.mark.parametrize("width", [1, 5, 16, 32])
-def test_vector_fnv_matches_scalar(width):
+@pytest.mark.parametrize("width", [1, 5, 8, 9, 16, 32, 200])
+def test_vector_hashes_match_scalar(width):
     rng = np.random.default_rng(width)
     syms = [b""] + [
         rng.integers(0, 256, rng.integers(0, width + 1), dtype=np.uint8).tobytes()
         for _ in range(300)
     ]
     rows, lengths = rows_of(syms, width)
-    got = fnv1a64_rows(rows, lengths)
-    assert got.tolist() == [fnv1a64(s) for s in syms]
+    assert fnv1a64_rows(rows, lengths).tolist() == [fnv1a64(s) for s in syms]
     for name, vec in VECTOR_HASHES.items():
         for n in (1, 4, 32, 1000):
-            assert vec(got, n).tolist() == [HASHES[name](s, n) for s in syms]
+            assert vec(rows, lengths, n).tolist() == [HASHES[name](s, n) for s in syms]
+
+
+def test_mixed_words_match_scalar():
+    # what the span router hands over: one word per symbol, or k words, zero padded
+    rng = np.random.default_rng(3)
+    for width, shape in ((8, (300,)), (24, (300, 3))):
+        syms = [rng.integers(1, 256, rng.integers(1, width + 1), dtype=np.uint8).tobytes()
+                for _ in range(300)]  # fmt: skip
+        rows, _ = rows_of(syms, width)
+        words = rows.view("<u8").reshape(shape)
+        for n in (4, 32, 1000):
+            assert pipes_mixed_words(words, n).tolist() == [pipe_mixed(s, n) for s in syms]
