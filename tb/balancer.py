@@ -6,7 +6,10 @@ Theory of operation:
     runs --PipeWriter.submit--> pipes --> worker
 
 One receive is one batch: every complete frame in the arena is scanned, every complete message is
-routed at once, and each pipe gets at most one write. The payload views point into the arena and
+routed at once, and each pipe gets at most one write. The plain text frames at the front of the
+arena are taken straight from it: a large receive by route_frames (its "}" pass finds the frames
+too), a smaller one by scan_data_frames and then the span router; what follows them (control
+frames, fragments, a partial frame) goes through ws.Connection. The payload views point into the arena and
 are dropped before the arena is compacted (the PipeWriter copies whatever it cannot write at once).
 Status objects come back from the router and drive the feed Session; what the session wants to
 send goes out as masked text frames. When the queued bytes pass --max-buffer the socket stops being
@@ -37,7 +40,7 @@ from tb.feed import DISCONNECT_REASONS, AuthFailed, FeedError, Session
 from tb.loop import Loop, choose_loop
 from tb.pipes import PipeError, PipeWriter, open_pipes, spawn_worker
 from tb.route import Router
-from tb.route.spans import SPAN_PAD, Scratch, route_small, route_spans
+from tb.route.spans import SPAN_PAD, Scratch, route_frames, route_small, route_spans
 from tb.transport import FeedURL, TLSVerifyError, Transport, TransportError, connect
 from tb.ws import (
     Connection,
@@ -565,18 +568,37 @@ class Balancer:
             # The plain data frames, as spans straight from the arena; whatever follows them
             # (control frames, fragments, a partial frame) goes through the Connection below.
             size = self.end - self.start
-            starts, ends, ops, stop = scan_data_frames(
-                self.arr,
-                view,
-                self.start,
-                self.end,
-                self.cfg.max_message,
-                self.scratch.bools(size) if size >= SCAN_SCRATCH_MIN else None,
-            )
-            if len(starts):
+            framed = None
+            if size >= self.router.numpy_min_bytes:
+                # a large receive: its frames are found by the router's own byte pass
+                framed = route_frames(
+                    self.arr,
+                    self.start,
+                    self.end,
+                    self.cfg.max_message,
+                    self.cfg.pipes,
+                    self.cfg.hash,
+                    self.scratch,
+                )
+            if framed is not None:  # (at least one message, all text frames)
+                batch, starts, ends, stop = framed
                 self.start = stop
-                stage[1] += perf_counter() - t1
-                if not self._route_spans(starts, ends, ops) or self.transport is None:
+                routed = self._route_spans(starts, ends, [1] * len(starts), t1, batch)
+            else:
+                starts, ends, ops, stop = scan_data_frames(
+                    self.arr,
+                    view,
+                    self.start,
+                    self.end,
+                    self.cfg.max_message,
+                    self.scratch.bools(size) if size >= SCAN_SCRATCH_MIN else None,
+                )
+                if len(starts):
+                    self.start = stop
+                    stage[1] += perf_counter() - t1
+                    routed = self._route_spans(starts, ends, ops)
+            if len(starts):
+                if not routed or self.transport is None:
                     return
                 if stop == self.end:
                     # Only whole data frames arrived (the usual case): nothing for the
@@ -629,24 +651,27 @@ class Balancer:
         self.paused_since = self.overflow_warned = time.monotonic()
         self.c.pauses += 1
 
-    def _route_spans(self, starts, ends, ops) -> bool:
-        """Route the scanned data frames; False if the connection failed (bad UTF-8)."""
-        t0 = perf_counter()
-        # numpy's fixed cost per batch (~0.5-1 ms) pays only for big batches; small ones (a
-        # quiet feed's few trades per receive) take the same rules in plain Python
-        if ends[-1] - starts[0] >= self.router.numpy_min_bytes:
-            batch = route_spans(
-                self.arr,
-                np.asarray(starts, dtype=np.int64),
-                np.asarray(ends, dtype=np.int64),
-                self.cfg.pipes,
-                self.cfg.hash,
-                self.scratch,
-            )
-            payloads = None
-        else:
-            payloads = self._payloads(starts, ends)
-            batch = route_small(payloads, self.cfg.pipes, self.cfg.hash, self.symbol_pipes)
+    def _route_spans(self, starts, ends, ops, t0=None, batch=None) -> bool:
+        """Route the scanned data frames; False if the connection failed (bad UTF-8).
+
+        With `t0`, route_frames (started at t0) has made the feed-shaped attempt: its `batch`."""
+        payloads = None
+        if t0 is None:
+            t0 = perf_counter()
+            # numpy's fixed cost per batch (~0.5-1 ms) pays only for big batches; small ones (a
+            # quiet feed's few trades per receive) take the same rules in plain Python
+            if ends[-1] - starts[0] >= self.router.numpy_min_bytes:
+                batch = route_spans(
+                    self.arr,
+                    np.asarray(starts, dtype=np.int64),
+                    np.asarray(ends, dtype=np.int64),
+                    self.cfg.pipes,
+                    self.cfg.hash,
+                    self.scratch,
+                )
+            else:
+                payloads = self._payloads(starts, ends)
+                batch = route_small(payloads, self.cfg.pipes, self.cfg.hash, self.symbol_pipes)
         if batch is not None:
             self.c.messages += len(starts)
             self._account(batch, t0)

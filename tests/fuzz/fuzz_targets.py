@@ -32,7 +32,7 @@ from tb.capture import MAGIC, CaptureError, read_capture
 from tb.feed import FeedError, Phase, Session
 from tb.route import RouteBatch, Router
 from tb.route.hashing import HASHES
-from tb.route.spans import SPAN_PAD, Scratch, route_small, route_spans
+from tb.route.spans import SPAN_PAD, Scratch, route_frames, route_small, route_spans
 from tb.ws import (
     Connection,
     InvalidHandshake,
@@ -44,7 +44,7 @@ from tb.ws import (
     reject_response,
     server_response,
 )
-from tb.ws.scan import scan_data_frames
+from tb.ws.scan import as_list, scan_data_frames
 
 __all__ = ["TARGETS", "Violation"]
 
@@ -603,6 +603,38 @@ def run_spans(a: np.ndarray, starts, ends, npipes: int, hash_name: str) -> None:
         check(pipe == HASHES[hash_name](sym, npipes), f"cached pipe of {sym!r} is wrong")
 
 
+def run_frames(a: np.ndarray, pos: int, end: int, npipes: int, hash_name: str) -> None:
+    """route_frames on the frames in a[pos:end] against scan_data_frames + route_spans.
+
+    It may decline (None: the caller scans as before); otherwise its spans and stop are
+    scan_data_frames', and its batch is route_spans' on those spans (None exactly when that
+    declines too). `end` may cut a frame anywhere; the bytes past it are stale."""
+    before = a.tobytes()
+    got = route_frames(a, pos, end, 16 << 20, npipes, hash_name, Scratch())
+    check(a.tobytes() == before, "route_frames changed the arena")
+    if got is None:
+        return
+    batch, starts, ends, stop = got
+    want_s, want_e, ops, _ = scan_data_frames(a, memoryview(a), pos, end, 16 << 20)
+    want_s, want_e, ops, k = as_list(want_s), as_list(want_e), as_list(ops), len(starts)
+    # the same frames, or the first of them up to one scan_data_frames also takes but that is
+    # no TEXT frame (a BINARY one: Connection.receive gets it)
+    check(
+        (starts.tolist(), ends.tolist()) == (want_s[:k], want_e[:k]) and stop == ends[-1],
+        f"route_frames placed frames {starts.tolist()!r:.200} {ends.tolist()!r:.200} {stop}"
+        f" where scan_data_frames has {want_s!r:.200} {want_e!r:.200}",
+    )
+    check(k == len(want_s) or ops[k] != 1, f"route_frames stopped before text frame {k}")
+    check(all(op == 1 for op in ops[:k]), "route_frames took a frame that is not TEXT")
+    want = route_spans(a, starts, ends, npipes, hash_name)
+    check(
+        (batch is None) == (want is None),
+        f"route_frames {batch!r:.200} vs route_spans {want!r:.200}",
+    )
+    if batch is not None:
+        check(same_batch(batch, want), "route_frames' batch differs from route_spans'")
+
+
 def spans(data: bytes) -> None:
     """route_spans and route_small: never raise; a batch they return equals route_python's.
 
@@ -617,6 +649,11 @@ def spans(data: bytes) -> None:
         a, starts, ends = raw_arena(data[2:], fill)
     else:
         a, starts, ends = frames_arena(payloads_of(data[2:]), (flags >> 1) & 7, fill)
+        if len(starts):  # the frames themselves, whole and cut at a few places
+            lead, end = (flags >> 1) & 7, int(ends[-1])
+            for cut in sorted({end, end - 1, (lead + end) // 2, int(starts[-1]) - 1}):
+                if cut > lead:
+                    run_frames(a, lead, cut, npipes, HASH_NAMES[flags & 1])
     run_spans(a, starts, ends, npipes, HASH_NAMES[flags & 1])
 
 

@@ -1,12 +1,13 @@
 """route_spans / route_small under fuzzing: never raise; a batch they return equals
 route_python's (strictly for valid JSON; for invalid JSON they must agree with each other --
-the documented limit of the span router, see fuzz_targets.run_spans)."""
+the documented limit of the span router, see fuzz_targets.run_spans). route_frames finds the
+frames scan_data_frames finds and routes them as route_spans does (fuzz_targets.run_frames)."""
 
 from __future__ import annotations
 
 import json
 
-from fuzz_targets import PAD_FILL, frames_arena, run_spans, spans
+from fuzz_targets import PAD_FILL, frames_arena, run_frames, run_spans, spans
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from stream_strategies import mutated
@@ -51,14 +52,20 @@ def feed_batches(draw) -> list[bytes]:
     st.sampled_from(PAD_FILL),
 )
 def test_feed_batches(payloads, npipes, hash_name, lead, fill):
-    run_spans(*frames_arena(payloads, lead, fill), npipes, hash_name)
+    a, starts, ends = frames_arena(payloads, lead, fill)
+    run_spans(a, starts, ends, npipes, hash_name)
+    for cut in (int(ends[-1]), int(ends[-1]) - 1, int(starts[-1]) - 1, int(starts[0]) + 3):
+        if cut > lead:
+            run_frames(a, lead, cut, npipes, hash_name)
 
 
 @SETTINGS
 @given(feed_batches(), st.sampled_from([3, 32]), st.sampled_from(PAD_FILL), st.data())
 def test_mutated_feed_batches(payloads, npipes, fill, data):
     payloads = [data.draw(mutated(p)) if data.draw(st.booleans()) else p for p in payloads]
-    run_spans(*frames_arena(payloads, 2, fill), npipes, "mixed")
+    a, starts, ends = frames_arena(payloads, 2, fill)
+    run_spans(a, starts, ends, npipes, "mixed")
+    run_frames(a, 2, int(ends[-1]), npipes, "mixed")
 
 
 @settings(max_examples=80, deadline=None)

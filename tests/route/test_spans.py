@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 from tb.gen import generate
 from tb.route import Router
 from tb.route.batch import SYMBOL_CACHE_MAX
-from tb.route.spans import ROW, SPAN_PAD, route_small, route_spans
+from tb.route.spans import ROW, SPAN_PAD, route_frames, route_small, route_spans
 from tb.ws import Opcode, encode_frame
+from tb.ws.scan import scan_data_frames
 
 
 def arena_of(payloads: list[bytes], lead: int = 0):
@@ -183,3 +184,91 @@ def test_symbol_cache_stays_bounded():
         assert got is not None and same(got, router.route_python(payloads))
         assert len(cache) <= SYMBOL_CACHE_MAX
     assert len(cache) < SYMBOL_CACHE_MAX  # it started over once
+
+
+# -- route_frames: the frames found by the router's own "}" pass -------------------------------
+
+
+def framed(frames: bytes, stale: bytes = b"\x00"):
+    """An arena holding `frames` from offset 3, then stale bytes (what an arena has past its end)."""
+    arena = bytearray(b"\x00" * 3) + frames + (stale * (SPAN_PAD + 64))[: SPAN_PAD + 64]
+    return np.frombuffer(arena, np.uint8), 3, 3 + len(frames)
+
+
+def text(payload: bytes) -> bytes:
+    return encode_frame(Opcode.TEXT, payload, mask=False)
+
+
+def scanned(a, pos, end):
+    starts, ends, ops, stop = scan_data_frames(a, memoryview(a), pos, end, 16 << 20)
+    return list(starts), list(ends), stop
+
+
+@pytest.mark.parametrize("profile", ["burst", "quiet"])
+@pytest.mark.parametrize("style", ["compact", "spaced"])
+def test_route_frames_equals_scanning_then_route_spans(profile, style):
+    payloads = list(generate(profile=profile, trades=3000, symbols=500, style=style, seed=5))
+    frames = b"".join(text(p) for p in payloads)
+    rng = random.Random(9)
+    for stale in (b"\x00", b'"}]\x81\x05[{}]'):
+        a, pos, end = framed(frames, stale)
+        for cut in [end, end - 1, *(rng.randrange(pos + 2, end) for _ in range(12))]:
+            got = route_frames(a, pos, cut, 16 << 20, 32)
+            starts, ends, stop = scanned(a, pos, cut)
+            if not starts:
+                assert got is None
+                continue
+            assert got is not None, cut  # feed frames: always placed
+            batch, fs, fe, fstop = got
+            assert (fs.tolist(), fe.tolist(), fstop) == (starts, ends, stop)
+            msgs = [a[s:e].tobytes() for s, e in zip(starts, ends, strict=True)]
+            assert batch is not None and same(batch, Router(32).route_python(msgs))
+
+
+def test_route_frames_skips_0x7d_length_bytes():
+    # a 125-byte payload has "}" as its 7-bit length; 16-bit lengths 0x017D and 0x7D50 too
+    payloads = []
+    for target in (125, 0x17D, 0x7D50, 125):
+        pad = target - len(message([trade("AB", target, "x")])) + 1
+        payloads.append(message([trade("AB", target, "x" * pad)]))
+        assert len(payloads[-1]) == target
+    a, pos, end = framed(b"".join(text(p) for p in payloads))
+    batch, starts, ends, stop = route_frames(a, pos, end, 16 << 20, 3)
+    assert stop == end and len(starts) == 4
+    assert same(batch, Router(3).route_python(payloads))
+
+
+def test_route_frames_declines_what_it_cannot_place():
+    one, two = message([trade("A", 1)]), message([trade("B", 2)])
+    # a frame length of 0x7D5D puts "}]" in its header; "[]" ends without "}]"; so does a
+    # message with a space after its last object
+    long = message([trade("C", 3, "x" * (0x7D5D - len(message([trade("C", 3, "x")])) + 1))])
+    assert len(long) == 0x7D5D
+    for middle in (long, b"[]", one[:-1] + b" ]"):
+        a, pos, end = framed(text(one) + text(middle) + text(two))
+        assert route_frames(a, pos, end, 16 << 20, 4) is None
+        assert scanned(a, pos, end)[2] == end  # (scan_data_frames takes them: the usual way)
+
+
+def test_route_frames_stops_at_a_control_frame_or_a_partial_one():
+    one, two = message([trade("A", 1)]), message([trade("B", 2)])
+    ping = encode_frame(Opcode.PING, b"hi", mask=False)
+    for tail in (ping, ping + text(b"[1"), text(two)[:1], text(two)[:-1], b"\x82\x03[1]"):
+        a, pos, end = framed(text(one) + text(two) + tail)
+        batch, starts, ends, stop = route_frames(a, pos, end, 16 << 20, 4)
+        assert stop == pos + len(text(one)) + len(text(two)) and len(starts) == 2
+        assert same(batch, Router(4).route_python([one, two]))
+    # a control frame before the last message: scan_data_frames stops there
+    a, pos, end = framed(text(one) + ping + text(two))
+    assert route_frames(a, pos, end, 16 << 20, 4) is None
+
+
+def test_route_frames_hands_over_what_is_not_feed_shaped():
+    status = b'[{"ev":"status","status":"success","message":"subscribed to: T.*"}]'
+    for odd in (status, '[{"ev":"T","sym":"\u00c9T","q":1}]'.encode()):
+        frames = text(message([trade("A", 1)])) + text(odd)
+        a, pos, end = framed(frames)
+        batch, starts, ends, stop = route_frames(a, pos, end, 16 << 20, 4)
+        assert batch is None and stop == end  # the spans, for the general router
+        assert (starts.tolist(), ends.tolist(), stop) == scanned(a, pos, end)
+        assert a[pos:end].tobytes() == frames  # the headers blanked for a moment are back
