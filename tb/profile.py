@@ -7,7 +7,8 @@ records at memchr speed and keeps its running total in a small mmap'd file. This
 that total and the balancer's CPU time (/proc/PID/stat) and RSS every 10 ms. CPU per million
 trades is the balancer's CPU between the worker's first and last record, divided by the records:
 the same yardstick for every balancer, start-up and shutdown excluded. For `tb run` the report
-adds tb's own counters: syscalls per trade, time per stage, the busiest pipe's share.
+adds tb's own counters: syscalls per trade, time per stage (a large receive's frames are found
+inside route), the busiest pipe's share.
 
 Latency (`--workload trickle`): the server is paced and logs when each slice of frames went to
 the kernel; the worker stamps each record's `q` on arrival (CLOCK_MONOTONIC is shared by all
