@@ -51,7 +51,7 @@ from .hashing import HASHES, VECTOR_HASHES, pipes_mixed_words
 __all__ = ["route_spans", "route_frames", "route_small", "Scratch", "SPAN_PAD", "ROW"]
 
 ROW = 188  # record bytes per row: a row costs ~35 ns whatever its width, and trades fit
-SYM_ROW = 32  # symbol row width: longer symbols go the general way (as MAX_FAST_SYMBOL)
+SYM_ROW = 32  # symbol row width (8, 16, 32 or 64): longer symbols go the general way
 # bytes the arena must have after the batch: row and word reads run past the last object
 SPAN_PAD = 256  # >= 4 + ROW, and >= SYM_ROW
 
@@ -72,6 +72,13 @@ _T_COMPACT, _T_COMPACT_TAIL = _le(b'{"ev":"T'), _le(b'","sym":')  # then '"': 17
 _T_SPACED, _T_SPACED_TAIL = _le(b'T", "sym'), _le(b'": "')  # after '{"ev": "': 20 bytes
 # _LOW_BYTES[k]: a mask of the low k bytes of a word
 _BYTE = _U64(0xFF)
+# the long-symbol lane: a row's quote flags as one unsigned int (SYM_ROW bits), and
+# _SYM_MASKS[k]: SYM_ROW bytes, the first k of them 0xFF, as one void item
+_FLAGS = np.dtype(f"<u{SYM_ROW // 8}")
+_ONE = _FLAGS.type(1)
+_SYM_MASKS = (
+    (np.arange(SYM_ROW)[None, :] < np.arange(SYM_ROW + 1)[:, None]).astype(np.uint8) * 0xFF
+).view(f"V{SYM_ROW}")[:, 0]
 _LOW_BYTES = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [(1 << 64) - 1], dtype=np.uint64)
 
 
@@ -332,22 +339,21 @@ def _route_objects(
         known = 8
     # 4. symbols: the first quote ends the symbol (most tickers fit the word already read)
     sym_len = _first_byte(first_word, 0x22)
-    longer = np.flatnonzero(sym_len >= known)
-    width = int(sym_len.max()) if not len(longer) else SYM_ROW
-    if len(longer):
-        more = np.stack([w64[sym_at[longer] + 8 * k] for k in range(SYM_ROW // 8)], axis=1)
-        extra = _first_byte(more[:, 0], 0x22)
-        for k in range(1, more.shape[1]):
-            extra = np.where(extra == 8 * k, 8 * k + _first_byte(more[:, k], 0x22), extra)
-        sym_len[longer] = extra
-        width = int(sym_len.max())
-        if width >= SYM_ROW:
+    short = bool((sym_len < known).all())
+    if not short:
+        # a longer one (options: O:SPY251219C00650000): every symbol as one SYM_ROW-byte row,
+        # its first quote the lowest bit of the row's packed quote flags
+        rows = _rows(a, len(a) - SYM_ROW, SYM_ROW)[sym_at].view(np.uint8).reshape(n, SYM_ROW)
+        quote = np.packbits(rows == 0x22, axis=1, bitorder="little").view(_FLAGS)[:, 0]
+        if not quote.all():  # no quote within SYM_ROW bytes
             return None
+        sym_len = np.bitwise_count((quote & (~quote + _ONE)) - _ONE).astype(np.int64)
     if not sym_len.all() or (sym_at + sym_len >= close).any():
         return None
-    # an escape in a symbol sends the batch the general way (which decodes it)
-    if width < known:
-        # little-endian: the symbol's bytes, then zeros; only the first `width` columns count
+    width = int(sym_len.max())
+    # little-endian words: the symbol's bytes, then zeros. An escape in a symbol sends the batch
+    # the general way (which decodes it).
+    if short:
         sym_word = first_word & _LOW_BYTES[sym_len]
         if _has_byte(sym_word, 0x5C):
             return None
@@ -357,13 +363,14 @@ def _route_objects(
             rows = sym_word[:, None].view(np.uint8)[:, :width]
             pipes = VECTOR_HASHES[hash_name](rows, sym_len, npipes)
     else:
-        words = np.stack([w64[sym_at + 8 * k] for k in range((width + 7) // 8)], axis=1)
-        rows = words.view(np.uint8)[:, :width] * (
-            np.arange(width, dtype=np.uint8) < sym_len[:, None]
-        )
+        words = rows.view(np.uint64)  # the same bytes
+        words &= _SYM_MASKS[sym_len].view(np.uint64).reshape(n, -1)
         if (rows == 0x5C).any():
             return None
-        pipes = VECTOR_HASHES[hash_name](rows, sym_len, npipes)
+        if hash_name == "mixed":
+            pipes = pipes_mixed_words(words[:, : (width + 7) // 8], npipes)
+        else:
+            pipes = VECTOR_HASHES[hash_name](rows[:, :width], sym_len, npipes)
     # uint8 pipe numbers: numpy's stable radix sort takes one pass over them
     pipes = pipes.astype(np.uint8 if npipes <= 256 else np.uint16)
     return _build(a, start, close, pipes, npipes, scratch)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import numpy as np
 import pytest
@@ -72,6 +73,22 @@ def trade(sym: str, q: int, extra: str = "", spaced: bool = False) -> bytes:
 
 def message(objs: list[bytes], spaced: bool = False) -> bytes:
     return b"[" + (b", " if spaced else b",").join(objs) + b"]"
+
+
+@pytest.mark.parametrize("hash_name", ["mixed", "compat"])
+def test_options_symbols_identical_to_python_path(hash_name):
+    # the long-symbol lane: OPRA-style symbols of 15-31 bytes, mixed with short ones
+    rng = random.Random(2)
+    syms = [b"O:SPY251219C00650000", b"O:AAPL260116P00195000", b"O:X250321C00031000", b"A"]
+    syms += [b"O:" + bytes(rng.choice(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") for _ in range(k))
+             for k in range(13, 30)]  # fmt: skip
+    payloads = [
+        re.sub(rb'"sym":"[^"]*"', lambda m: b'"sym":"' + rng.choice(syms) + b'"', p)
+        for p in generate(profile="burst", trades=3000, symbols=500, seed=4)
+    ]
+    a, starts, ends = arena_of(payloads)
+    got = route_spans(a, starts, ends, 32, hash_name)
+    assert got is not None and same(got, Router(32, hash=hash_name).route_python(payloads))
 
 
 def test_long_records_long_symbols_and_the_arena_start():
