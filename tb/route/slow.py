@@ -1,9 +1,10 @@
 """The slow path: one message routed by a real JSON parse, output still the feed's own bytes.
 
 Both fast paths send here every message they cannot place (escapes, nested objects, braces in
-strings, unusual values, long symbols, broken structure). The message is decoded with json.loads;
-the byte span of each top-level object comes from a tokenizer that understands strings and escapes
-and tracks bracket depth, so every routed record is exactly the bytes the feed sent.
+strings, unusual values, long symbols, broken structure). The message is decoded with json.loads
+(a key given twice keeps its first value, as the fast paths read it); the byte span of each
+top-level object comes from a tokenizer that understands strings and escapes and tracks bracket
+depth, so every routed record is exactly the bytes the feed sent.
 
 A message that is not a JSON array of objects counts as malformed once; every complete top-level
 object in it that parses on its own is still handled (routed, status, or no_symbol).
@@ -100,8 +101,17 @@ def _describe(exc: Exception) -> str:
     return f"not JSON: {exc}"
 
 
+def _first_wins(pairs: list) -> dict:
+    """An object's members; a key given twice keeps its first value, as the fast paths read it
+    (they take the first "sym"), so an object goes to the same pipe whichever path routes it."""
+    obj: dict = {}
+    for key, value in pairs:
+        obj.setdefault(key, value)
+    return obj
+
+
 def _decode(raw: bytes) -> object:
-    return json.loads(raw.decode("utf-8"))
+    return json.loads(raw.decode("utf-8"), object_pairs_hook=_first_wins)
 
 
 def route_slowly(msg: bytes, pipe_of: Callable[[bytes], int]) -> SlowMessage:

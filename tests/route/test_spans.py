@@ -289,3 +289,21 @@ def test_route_frames_hands_over_what_is_not_feed_shaped():
         assert batch is None and stop == end  # the spans, for the general router
         assert (starts.tolist(), ends.tolist(), stop) == scanned(a, pos, end)
         assert a[pos:end].tobytes() == frames  # the headers blanked for a moment are back
+
+
+def test_a_duplicated_sym_key_routes_by_the_first_on_every_path():
+    # duplicate keys are legal JSON whose meaning parsers disagree on: tb takes the first
+    # everywhere (the slow path decodes first-wins), so batch size never moves an object
+    twice = b'{"ev":"T","sym":"AAPL","p":1,"sym":"MSFT"}'
+    payloads = [message([trade("MSFT", 1), twice, trade("AAPL", 2)])]
+    a, starts, ends = arena_of(payloads)
+    router = Router(64)
+    pipe = router._pipe_of(b"AAPL")
+    assert pipe != router._pipe_of(b"MSFT")
+    for batch in (
+        route_spans(a, starts, ends, 64),
+        small(payloads, 64),
+        router.route_python(payloads),
+        router.route_numpy(payloads),
+    ):
+        assert twice in bytes(batch.runs[pipe]) and batch.routed == 3
