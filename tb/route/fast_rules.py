@@ -21,7 +21,9 @@ the slow path (tb.route.slow) and its objects count as ``fallback``:
 6. A status object (``"ev":"status"``) decodes with json.loads.
 
 Placement: ev "status" -> statuses; else the value of ``sym``, else ``pair``, else (ev "C") ``p``
-is hashed as raw bytes; no such key -> no_symbol. Without escapes, raw bytes == the decoded
+is hashed as raw bytes; no such key -> no_symbol. A key given twice (legal JSON that parsers
+read differently) counts by its first value on every path: the span router reads the first
+``"sym"`` and the slow path decodes first-wins. Without escapes, raw bytes == the decoded
 string's UTF-8, so this agrees with the slow path (tests/route/test_router_props.py pins it).
 
 Not checked (a documented limit, pinned by test_router.py): the grammar between the tokens of a
