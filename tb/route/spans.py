@@ -12,7 +12,7 @@ spans of a batch of complete messages (int64 arrays, feed order). Nothing is cop
    message (no search for owners); each object start is derived from the previous end ("," then
    "{", or ", {") and checked, so braces need no second pass.
 3. Key layout: every object must open with the feed's own prefix, compact `{"ev":"X","sym":"` or
-   spaced `{"ev": "X", "sym": "` (X: 1-7 bytes; a fast lane for X = T). In valid JSON such a
+   spaced `{"ev": "X", "sym": "` (X: 1-7 bytes; a fast lane for one byte: T, Q). In valid JSON such a
    prefix cannot start inside a string (its first quote would close the string, and `ev` cannot
    follow a string), and a "}" inside a string is never followed by such a prefix -- so for
    valid JSON the split is exact.
@@ -68,8 +68,10 @@ _M7 = _U64((1 << 56) - 1)
 _SYM_COMPACT = _le(b',"sym":"')  # 8 bytes
 _SYM_SPACED = _le(b', "sym":')  # 8 bytes, then ' "'
 _SP_Q = _le(b' "')
-_T_COMPACT, _T_COMPACT_TAIL = _le(b'{"ev":"T'), _le(b'","sym":')  # then '"': 17 bytes
-_T_SPACED, _T_SPACED_TAIL = _le(b'T", "sym'), _le(b'": "')  # after '{"ev": "': 20 bytes
+# the fast lane, a one-byte ev (T, Q, A, ...): '{"ev":"' X '","sym":' '"' (17 bytes), or spaced
+# '{"ev": "' X '", "sym' '": "' (20 bytes)
+_ONE_COMPACT_TAIL = _le(b'","sym":')
+_ONE_SPACED_TAIL, _ONE_SPACED_END = _le(b'", "sym'), _le(b'": "')
 # _LOW_BYTES[k]: a mask of the low k bytes of a word
 _BYTE = _U64(0xFF)
 # the long-symbol lane: a row's quote flags as one unsigned int (SYM_ROW bits), and
@@ -316,10 +318,13 @@ def _route_objects(
         if not ((a[start[gap]] == 0x7B).all() and (a[start[gap] - 1] == 0x20).all()):
             return None
         obj[gap] = _rows(a, len(a) - 24, 24)[start[gap]].view(np.uint64).reshape(len(gap), 3)
-    # 3. the key layout; the fast lane is the feed's exact trade prefix, compact or spaced
+    # 3. the key layout; the fast lane is a one-byte ev (trades T, quotes Q, ...), compact or
+    #    spaced. (Its byte is never a quote or backslash in valid JSON: the prefix would not parse.)
     w64 = _view(a, np.uint64)
     head, after = obj[:, 0], obj[:, 2]  # after: the symbol's opening quote, its first 7 bytes
-    compact = (head == _T_COMPACT) & (obj[:, 1] == _T_COMPACT_TAIL) & ((after & _BYTE) == 0x22)
+    compact = (
+        ((head & _M7) == _COMPACT) & (obj[:, 1] == _ONE_COMPACT_TAIL) & ((after & _BYTE) == 0x22)
+    )
     if compact.all():
         sym_at = start + 17
         first_word = after >> _U64(8)  # 7 symbol bytes; the top byte (0) is never a quote
@@ -327,8 +332,8 @@ def _route_objects(
     else:
         spaced = (
             (head == _SPACED)
-            & (obj[:, 1] == _T_SPACED)
-            & (_view(a, np.uint32)[start + 16] == _T_SPACED_TAIL)
+            & ((obj[:, 1] >> _U64(8)) == _ONE_SPACED_TAIL)
+            & (_view(a, np.uint32)[start + 16] == _ONE_SPACED_END)
         )
         sym_at = np.where(spaced, start + 20, start + 17)
         if not (compact | spaced).all():
@@ -458,14 +463,14 @@ def _empty(npipes: int) -> RouteBatch:
     return RouteBatch(runs=[None] * npipes, counts=[0] * npipes)
 
 
-# One trade object of the small lane and what follows it, as route_spans reads it: the exact trade
+# One object of the small lane and what follows it, as route_spans reads it: the one-byte-ev
 # prefix, compact or spaced; the symbol up to the first quote (1..SYM_ROW-1 bytes); the object up
 # to the first "}"; then "," with at most one space, or the message's closing "]" -- followed by
 # "\n[" and the next message, or the end. Every byte is printable ASCII without a backslash
 # (else the general path decides), so "\n" is in none of the classes.
 _SMALL_OBJECT = re.compile(
-    rb'(\{"ev":(?:"T","sym":"| "T", "sym": ")([ !#-\[\]-~]{1,%d})"[ -\[\]-|~]*\})(, ?|\]\n\[|\]\Z)'
-    % (SYM_ROW - 1)
+    rb'(\{"ev":(?:"[ !#-\[\]-~]","sym":"| "[ !#-\[\]-~]", "sym": ")([ !#-\[\]-~]{1,%d})"'
+    rb"[ -\[\]-|~]*\})(, ?|\]\n\[|\]\Z)" % (SYM_ROW - 1)
 )
 _LEN4 = [k.to_bytes(4, "little") for k in range(4096)]  # record headers, made once
 

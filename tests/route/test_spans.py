@@ -307,3 +307,22 @@ def test_a_duplicated_sym_key_routes_by_the_first_on_every_path():
         router.route_numpy(payloads),
     ):
         assert twice in bytes(batch.runs[pipe]) and batch.routed == 3
+
+
+@pytest.mark.parametrize("style", ["compact", "spaced"])
+@pytest.mark.parametrize("ev", [b"Q", b"A", b"X"])
+def test_any_one_byte_event_takes_the_fast_lane(style, ev):
+    # quotes (Q) outnumber trades on the stocks feed: the same lane, the same bytes
+    payloads = [
+        p.replace(b'"ev":"T"', b'"ev":"' + ev + b'"').replace(b'"ev": "T"', b'"ev": "' + ev + b'"')
+        for p in generate(profile="quiet", trades=400, symbols=50, style=style, seed=6)
+    ]
+    assert all(b'"T"' not in p for p in payloads)
+    ref = Router(7).route_python(payloads)
+    a, starts, ends = arena_of(payloads)
+    assert same(route_spans(a, starts, ends, 7), ref)
+    assert same(small(payloads, 7), ref) and same(
+        small(payloads[:1], 7), Router(7).route_python(payloads[:1])
+    )
+    frames = route_frames(a, 0, int(ends[-1]), 16 << 20, 7)  # (arena_of: frames from 0)
+    assert frames is not None and same(frames[0], ref)
