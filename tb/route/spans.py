@@ -15,7 +15,9 @@ spans of a batch of complete messages (int64 arrays, feed order). Nothing is cop
    spaced `{"ev": "X", "sym": "` (X: 1-7 bytes; a fast lane for one byte: T, Q). In valid JSON such a
    prefix cannot start inside a string (its first quote would close the string, and `ev` cannot
    follow a string), and a "}" inside a string is never followed by such a prefix -- so for
-   valid JSON the split is exact.
+   valid JSON the split is exact. Crypto and forex name the instrument `pair` in that place; as
+   a "sym" key anywhere in the object would win (tb.route.fast_rules), such a batch must hold
+   no "y" and no backslash outside its frame headers.
 4. Symbols: read as little-endian words after the prefix (one word for most tickers, up to
    SYM_ROW bytes); the first quote ends the symbol (a backslash in it, or no quote within
    SYM_ROW, sends the batch the general way). The hash takes the zero-padded bytes (mixed: the
@@ -68,6 +70,9 @@ _M7 = _U64((1 << 56) - 1)
 _SYM_COMPACT = _le(b',"sym":"')  # 8 bytes
 _SYM_SPACED = _le(b', "sym":')  # 8 bytes, then ' "'
 _SP_Q = _le(b' "')
+_PAIR_COMPACT = _le(b',"pair":')  # 8 bytes, then '"'
+_PAIR_SPACED = _le(b', "pair"')  # 8 bytes, then ': "'
+_COLON_SP = _le(b": ")
 # the fast lane, a one-byte ev (T, Q, A, ...): '{"ev":"' X '","sym":' '"' (17 bytes), or spaced
 # '{"ev": "' X '", "sym' '": "' (20 bytes)
 _ONE_COMPACT_TAIL = _le(b'","sym":')
@@ -337,9 +342,10 @@ def _route_objects(
         )
         sym_at = np.where(spaced, start + 20, start + 17)
         if not (compact | spaced).all():
-            sym_at = _sym_positions(a, w64, start, head)
-            if sym_at is None:
+            found = _sym_positions(a, w64, start, head)
+            if found is None or (found[1] and not _without_sym_key(a, starts, ends)):
                 return None
+            sym_at = found[0]
         first_word = w64[sym_at]
         known = 8
     # 4. symbols: the first quote ends the symbol (most tickers fit the word already read)
@@ -382,7 +388,8 @@ def _route_objects(
 
 
 def _sym_positions(a: np.ndarray, w64: np.ndarray, start: np.ndarray, head: np.ndarray):
-    """Where each symbol starts, for any ev value of 1-7 bytes (ev first, sym second); or None."""
+    """Where each instrument starts, for any ev value of 1-7 bytes followed by the key sym (or
+    pair: crypto, forex); None if not so. Returns (positions, whether any object has pair)."""
     compact = (head & _M7) == _COMPACT
     spaced = head == _SPACED
     if not (compact | spaced).all():
@@ -393,12 +400,29 @@ def _sym_positions(a: np.ndarray, w64: np.ndarray, start: np.ndarray, head: np.n
         return None
     quote = ev_at + ev_len
     nxt = w64[quote + 1]
-    ok = np.where(
+    u16 = _view(a, np.uint16)
+    sym = np.where(compact, nxt == _SYM_COMPACT, (nxt == _SYM_SPACED) & (u16[quote + 9] == _SP_Q))
+    if sym.all():
+        return quote + np.where(compact, 9, 11), False
+    pair = np.where(
         compact,
-        nxt == _SYM_COMPACT,
-        (nxt == _SYM_SPACED) & (_view(a, np.uint16)[quote + 9] == _SP_Q),
+        (nxt == _PAIR_COMPACT) & (a[quote + 9] == 0x22),
+        (nxt == _PAIR_SPACED) & (u16[quote + 9] == _COLON_SP) & (a[quote + 11] == 0x22),
     )
-    return quote + np.where(compact, 9, 11) if ok.all() else None
+    if not (sym | pair).all():
+        return None
+    return quote + np.where(compact, np.where(sym, 9, 10), np.where(sym, 11, 12)), True
+
+
+def _without_sym_key(a: np.ndarray, starts, ends) -> bool:
+    """Whether no payload can hold a "sym" key: no "y" and no backslash outside the frame headers.
+
+    An object that names its instrument "pair" goes by "sym" if it also has that key (the
+    placement rule of tb.route.fast_rules), wherever in the object; this rules it out."""
+    lo, hi = int(starts[0]), int(ends[-1])
+    region = a[lo:hi]
+    hits = np.flatnonzero((region == 0x79) | (region == 0x5C)) + lo
+    return not len(hits) or bool(np.isin(hits, _header_positions(starts, ends, lo)).all())
 
 
 def _rows(buf: np.ndarray, count: int, width: int) -> np.ndarray:

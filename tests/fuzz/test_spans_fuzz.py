@@ -17,8 +17,8 @@ SYMBOLS = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ.:-0123456789", min_size=1
 EXTRA = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=250)
 
 
-def trade(sym: str, q: int, extra: str, spaced: bool, ev: str = "T") -> str:
-    obj = {"ev": ev, "sym": sym, "i": str(q), "x": 4, "p": 1.5, "s": 1, "t": 1, "q": q}
+def trade(sym: str, q: int, extra: str, spaced: bool, ev: str = "T", key: str = "sym") -> str:
+    obj = {"ev": ev, key: sym, "i": str(q), "x": 4, "p": 1.5, "s": 1, "t": 1, "q": q}
     if extra:
         obj["note"] = extra
     return json.dumps(obj, separators=(", ", ": ") if spaced else (",", ":"))
@@ -27,6 +27,7 @@ def trade(sym: str, q: int, extra: str, spaced: bool, ev: str = "T") -> str:
 @st.composite
 def feed_batches(draw) -> list[bytes]:
     spaced = draw(st.booleans())
+    key = draw(st.sampled_from(["sym", "sym", "pair"]))  # pair: crypto, forex
     out = []
     for _ in range(draw(st.integers(1, 12))):
         objs = [
@@ -36,6 +37,7 @@ def feed_batches(draw) -> list[bytes]:
                 draw(EXTRA),
                 spaced,
                 draw(st.sampled_from(["T"] * 5 + ["Q", "AM", "LULDXYZ"])),
+                key,
             )
             for q in range(draw(st.integers(0, 8)))
         ]

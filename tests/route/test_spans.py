@@ -326,3 +326,43 @@ def test_any_one_byte_event_takes_the_fast_lane(style, ev):
     )
     frames = route_frames(a, 0, int(ends[-1]), 16 << 20, 7)  # (arena_of: frames from 0)
     assert frames is not None and same(frames[0], ref)
+
+
+def crypto(pair: str, q: int, spaced: bool = False, **extra) -> bytes:
+    obj = {"ev": "XT", "pair": pair, "p": 1.5, "t": 1, "s": 0.25, "c": [1], "i": str(q), "x": 1}
+    obj.update(extra)
+    return json.dumps(obj, separators=(", ", ": ") if spaced else (",", ":")).encode()
+
+
+@pytest.mark.parametrize("spaced", [False, True])
+def test_crypto_pairs_take_the_span_router(spaced):
+    pairs = ["BTC-USD", "ETH-USD", "X:SOLUSD", "X:1INCHUSD"]
+    payloads = [
+        message([crypto(p, q, spaced) for q, p in enumerate(pairs)], spaced),
+        message([crypto("BTC-USD", 8, spaced)], spaced),
+    ]
+    a, starts, ends = arena_of(payloads)
+    got = route_spans(a, starts, ends, 5)
+    assert got is not None and same(got, Router(5).route_python(payloads))
+    # with a sym object in the batch its "y" rules the check out: the general way
+    payloads.append(message([trade("AAPL", 7, spaced=spaced)], spaced))
+    a, starts, ends = arena_of(payloads)
+    assert route_spans(a, starts, ends, 5) is None
+
+
+def test_a_pair_object_with_a_sym_key_goes_by_sym():
+    # the placement rule: sym, else pair -- wherever sym is; escaped or not
+    for odd in (crypto("BTC-USD", 1, sym="AAPL"), crypto("BTC-USD", 1, note="\\u0079")):
+        payloads = [message([crypto("ETH-USD", 0), odd])]
+        a, starts, ends = arena_of(payloads)
+        assert route_spans(a, starts, ends, 64) is None  # the general way decides
+        assert Router(64).route(payloads).routed == 2
+    # a "y" or backslash only in a frame header (a 121- or 92-byte payload's length) is fine
+    for size in (0x79, 0x5C):
+        base = message([crypto("ETH-USD", 0)])
+        payloads = [message([crypto("ETH-USD", 0, n="x" * (size - len(base) - 7))])] * 2
+        assert len(payloads[0]) == size
+        a, starts, ends = arena_of(payloads)
+        assert (a[int(ends[0]) : int(starts[1])] == size).any()
+        got = route_spans(a, starts, ends, 5)
+        assert got is not None and same(got, Router(5).route_python(payloads))
