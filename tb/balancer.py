@@ -9,8 +9,9 @@ One receive is one batch: every complete frame in the arena is scanned, every co
 routed at once, and each pipe gets at most one write. The plain text frames at the front of the
 arena are taken straight from it: a large receive by route_frames (its "}" pass finds the frames
 too), a smaller one by scan_data_frames and then the span router; what follows them (control
-frames, fragments, a partial frame) goes through ws.Connection. The payload views point into the arena and
-are dropped before the arena is compacted (the PipeWriter copies whatever it cannot write at once).
+frames, fragments, a partial frame) goes through ws.Connection. The payload views point into
+the arena and are dropped before the arena is compacted (the PipeWriter copies whatever it
+cannot write at once).
 Status objects come back from the router and drive the feed Session; what the session wants to
 send goes out as masked text frames. When the queued bytes pass --max-buffer the socket stops being
 read (TCP backpressure) until the pipes drain. The worker's death arrives on its pidfd, signals on
@@ -593,6 +594,7 @@ class Balancer:
                     self.cfg.max_message,
                     self.scratch.bools(size) if size >= SCAN_SCRATCH_MIN else None,
                 )
+                routed = True
                 if len(starts):
                     self.start = stop
                     stage[1] += perf_counter() - t1
