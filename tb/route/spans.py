@@ -12,10 +12,10 @@ spans of a batch of complete messages (int64 arrays, feed order). Nothing is cop
    message (no search for owners); each object start is derived from the previous end ("," then
    "{", or ", {") and checked, so braces need no second pass.
 3. Key layout: every object must open with the feed's own prefix, compact `{"ev":"X","sym":"` or
-   spaced `{"ev": "X", "sym": "` (X: 1-7 bytes; a fast lane for one byte: T, Q). In valid JSON such a
-   prefix cannot start inside a string (its first quote would close the string, and `ev` cannot
-   follow a string), and a "}" inside a string is never followed by such a prefix -- so for
-   valid JSON the split is exact. Crypto and forex name the instrument `pair` in that place; as
+   spaced `{"ev": "X", "sym": "` (X: 1-7 bytes; a fast lane for one byte: T, Q). In valid JSON
+   such a prefix cannot start inside a string (its first quote would close the string, and `ev`
+   cannot follow a string), and a "}" inside a string is never followed by such a prefix -- so
+   for valid JSON the split is exact. Crypto and forex name the instrument `pair` in that place; as
    a "sym" key anywhere in the object would win (tb.route.fast_rules), such a batch must hold
    no "y" and no backslash outside its frame headers.
 4. Symbols: read as little-endian words after the prefix (one word for most tickers, up to
