@@ -208,12 +208,14 @@ def _check_spans(
 
 
 def feed_balancer(stream: bytes, cuts: list[int], *, max_message: int, junk: int) -> tuple:
-    """The balancer's receive path: scan the plain data frames, Connection.receive the rest.
+    """The balancer's receive path: the plain data frames by route_frames (a large receive in
+    the balancer; every one here) or else scan_data_frames, Connection.receive the rest.
 
     The arena holds the bytes not yet received after `end` (junk=0), or 0xFF bytes (junk=1):
-    the scanner may look at most 4 bytes past `end` and must not be misled by what is there.
+    the scanners may look past `end` and must not be misled by what is there.
     """
-    arena = bytearray(stream + b"\xff" * 16 if junk == 0 else b"\xff" * (len(stream) + 16))
+    pad = 16 + SPAN_PAD
+    arena = bytearray(stream + b"\xff" * pad if junk == 0 else b"\xff" * (len(stream) + pad))
     a, view = np.frombuffer(arena, np.uint8), memoryview(arena)
     conn = Connection(max_message=max_message)
     messages: list[bytes] = []
@@ -223,7 +225,12 @@ def feed_balancer(stream: bytes, cuts: list[int], *, max_message: int, junk: int
             continue
         arena[end:cut], end = stream[end:cut], cut
         if conn.state is State.OPEN and not conn.in_fragmented_message:
-            starts, ends, ops, stop = scan_data_frames(a, view, start, end, max_message)
+            framed = route_frames(a, start, end, max_message, 3)
+            if framed is not None:
+                starts, ends, stop = framed[1].tolist(), framed[2].tolist(), framed[3]
+                ops = [1] * len(starts)
+            else:
+                starts, ends, ops, stop = scan_data_frames(a, view, start, end, max_message)
             starts, ends, ops = _ints(starts), _ints(ends), _ints(ops)
             check(isinstance(stop, int | np.integer), f"scan stopped at {stop!r}")
             _check_spans(starts, ends, ops, stop, start, end, max_message)

@@ -38,12 +38,13 @@ def frame(b0: int, payload: bytes, mask: bytes | None, form: int = 0) -> bytes:
 
 
 @st.composite
-def payloads(draw, text: bool) -> bytes:
+def payloads(draw, text: bool, feed: bool = False, shaped: bool = False) -> bytes:
     n = draw(SIZES) if draw(st.integers(0, 24)) else draw(st.sampled_from([0x8181, 65535, 65536]))
     if text:
-        kind = draw(st.integers(0, 3))
-        if kind == 0:  # feed-shaped ASCII JSON
-            return (b"[" + b"x" * max(0, n - 2) + b"]")[:n]
+        kind = 0 if shaped else draw(st.integers(0, 9 if feed else 3))  # a feed: mostly shaped
+        kind = 0 if kind > 3 else kind
+        if kind == 0:  # feed-shaped ASCII, ending "}]" as feed messages do (route_frames)
+            return (b"[{" + b"x" * max(0, n - 4) + b"}]")[-n:] if n >= 4 else b"[]"[:n]
         if kind == 1:  # UTF-8 with 0x81/0x82 continuation bytes ("\u0441\u0442" = d1 81 d1 82)
             return ("\u0441\u0442" * (n // 4 + 1)).encode()[: n - n % 2]
         return draw(st.text(max_size=40)).encode()
@@ -61,13 +62,14 @@ def streams(draw, client: bool, feed: bool = False) -> tuple[bytes, list[bytes]]
     rng_mask = st.binary(min_size=4, max_size=4)
     mask = (lambda: None) if client else (lambda: draw(rng_mask))
     count = draw(st.integers(0, 40 if feed else 8))
-    for _ in range(count):
+    pure = feed and draw(st.integers(0, 2)) == 0  # only feed-shaped text frames, but at the end
+    for i in range(count):
         kind = draw(st.integers(0, 30 if feed else 6))
-        if kind >= 6:
+        if kind >= 6 or (pure and i < count - 1):
             kind = 0
         if kind in (0, 1):  # a data message in one frame
             text = kind == 0 or draw(st.integers(0, 9)) == 0
-            p = draw(payloads(text))
+            p = draw(payloads(text, feed)) if not pure else draw(payloads(True, True, shaped=True))
             form = 0 if draw(st.integers(0, 7)) else draw(st.integers(1, 2))
             out += frame(0x81 if text else 0x82, p, mask(), form)
             messages.append(p)
