@@ -660,26 +660,49 @@ class Balancer:
         payloads = None
         if t0 is None:
             t0 = perf_counter()
-            # numpy's fixed cost per batch (~0.5-1 ms) pays only for big batches; small ones (a
-            # quiet feed's few trades per receive) take the same rules in plain Python
-            if ends[-1] - starts[0] >= self.router.numpy_min_bytes:
-                batch = route_spans(
-                    self.arr,
-                    np.asarray(starts, dtype=np.int64),
-                    np.asarray(ends, dtype=np.int64),
-                    self.cfg.pipes,
-                    self.cfg.hash,
-                    self.scratch,
-                )
-            else:
-                payloads = self._payloads(starts, ends)
-                batch = route_small(payloads, self.cfg.pipes, self.cfg.hash, self.symbol_pipes)
+            batch, payloads = self._fast(starts, ends)
+        if batch is None:
+            k = self._leading_statuses(starts, ends)
+            if 0 < k < len(starts):
+                # the first receive after subscribing: the session's statuses, then the stream.
+                # The stream the fast way, then the statuses the general way (handled after the
+                # trades were written, as when the whole batch goes the general way).
+                rest, _ = self._fast(starts[k:], ends[k:])
+                if rest is not None:
+                    self.c.messages += len(starts) - k
+                    self._account(rest, t0)
+                    return self._route_general(starts[:k], ends[:k], ops[:k], None)
         if batch is not None:
             self.c.messages += len(starts)
             self._account(batch, t0)
             return True
-        # Not feed-shaped (statuses, other layouts, unicode...): the general router, after the
-        # UTF-8 check that the span router's ASCII test would have made unnecessary.
+        return self._route_general(starts, ends, ops, payloads)
+
+    def _fast(self, starts, ends) -> tuple:
+        """(the span router's batch or None, the payload views if it made them)."""
+        # numpy's fixed cost per batch (~0.5-1 ms) pays only for big batches; small ones (a
+        # quiet feed's few trades per receive) take the same rules in plain Python
+        if ends[-1] - starts[0] >= self.router.numpy_min_bytes:
+            starts, ends = np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64)
+            batch = route_spans(self.arr, starts, ends, self.cfg.pipes, self.cfg.hash, self.scratch)
+            return batch, None
+        payloads = self._payloads(starts, ends)
+        return route_small(payloads, self.cfg.pipes, self.cfg.hash, self.symbol_pipes), payloads
+
+    def _leading_statuses(self, starts, ends, most: int = 8) -> int:
+        """How many of the first messages (at most `most`) are status messages."""
+        view = self.view
+        k = 0
+        for s in as_list(starts[:most]):
+            head = view[s : s + 16]
+            if head != b'[{"ev":"status",' and head != b'[{"ev": "status"':
+                break
+            k += 1
+        return k
+
+    def _route_general(self, starts, ends, ops, payloads) -> bool:
+        """Not feed-shaped (statuses, other layouts, unicode...): the general router, after the
+        UTF-8 check that the span router's ASCII test would have made unnecessary."""
         bad, error = utf8_errors(self.view, starts, ends, ops)
         if payloads is None:
             payloads = self._payloads(starts, ends)
@@ -822,7 +845,8 @@ class Balancer:
             f"received={c.events} routed={c.routed} written={written} queued={queued}"
             f" queued_bytes={w.queued_bytes if w else 0} queue_per_pipe={depth or '-'}"
             f" dropped_no_symbol={c.no_symbol}"
-            f" statuses={c.statuses} fallback={c.fallback} malformed={c.malformed}"
+            f" statuses={c.statuses} fallback={c.fallback} general={self.router.totals.events}"
+            f" malformed={c.malformed}"
             f" lost_in_worker={c.lost_in_worker} worker_restarts={c.worker_restarts}"
             f" pauses={c.pauses} paused_s={c.paused_s:.2f}"
             f" reconnects={c.reconnects} disconnected_s={c.disconnected_s:.2f}"

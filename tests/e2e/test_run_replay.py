@@ -57,6 +57,9 @@ def test_every_trade_arrives_once_in_order(
     n = len(expected_events(payloads))
     final = [line for line in proc.stderr.splitlines() if "tb: final" in line]
     assert final and f"routed={n} written={n} queued=0" in final[0], proc.stderr[-2000:]
+    # the statuses take the general router, the trades (nearly all) the span router
+    counters = dict(kv.split("=", 1) for kv in final[0].split() if "=" in kv)
+    assert int(counters["statuses"]) <= int(counters["general"]) < n // 2, final[0]
     assert "Traceback" not in proc.stderr
 
 
