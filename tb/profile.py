@@ -137,7 +137,9 @@ def add_parser(subparsers) -> None:
         "--plot", metavar="PNG", help="draw throughput (and latency) to PNG (matplotlib)"
     )
     add_logging_arguments(p)
-    p.set_defaults(func=main)
+    # tb run's own options, with their defaults: another balancer has none of them (main)
+    tb_only = {k: p.get_default(k) for k in ("loop", "hash", "busy_poll")}
+    p.set_defaults(func=main, tb_only=tb_only)
 
 
 # -- the capture ----------------------------------------------------------------------------------
@@ -509,13 +511,9 @@ def _plot(results: list[ProfileResult], path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
-# options that only `tb run` takes, with their defaults: another balancer has no such options
-_TB_ONLY = {"loop": "auto", "hash": "mixed", "busy_poll": 0}
-
-
 def main(args: argparse.Namespace) -> int:
     if args.balancer:
-        given = [k for k, default in _TB_ONLY.items() if getattr(args, k) != default]
+        given = [k for k, default in args.tb_only.items() if getattr(args, k) != default]
         if given:
             flags = ", ".join("--" + k.replace("_", "-") for k in given)
             verb = "applies" if len(given) == 1 else "apply"
