@@ -177,7 +177,9 @@ def route_spans(
         close = np.flatnonzero(np.equal(region, 0x7D, out=scratch.bools(len(region)))) + lo
     finally:
         a[hdr] = saved
-    return _route_objects(a, starts, ends, close, npipes, hash_name, scratch if keep_out else None)
+    return _route_objects(
+        a, starts, ends, close, hdr, npipes, hash_name, scratch if keep_out else None
+    )
 
 
 def route_frames(
@@ -255,7 +257,7 @@ def route_frames(
     if not printable:
         return None, starts, ends, stop
     batch = _route_objects(
-        a, starts, ends, close, npipes, hash_name, scratch if keep_out else None, sep
+        a, starts, ends, close, hdr, npipes, hash_name, scratch if keep_out else None, sep
     )
     return batch, starts, ends, stop
 
@@ -278,13 +280,15 @@ def _route_objects(
     starts,
     ends,
     close,
+    hdr,
     npipes: int,
     hash_name: str,
     scratch: Scratch | None,
     sep: np.ndarray | None = None,
 ) -> RouteBatch | None:
-    """Steps 2-5 from every payload "}" (`close`, sorted) of the messages a[starts[i]:ends[i]]
-    (`sep`: the bytes after them, a[close + 1], if already gathered; it is overwritten)."""
+    """Steps 2-5 from every payload "}" (`close`, sorted) of the messages a[starts[i]:ends[i]],
+    whose frame headers between them are at `hdr` (`sep`: the bytes after each "}",
+    a[close + 1], if already gathered; it is overwritten)."""
     if not ((a[starts] == 0x5B).all() and (a[ends - 1] == 0x5D).all()):  # "[" ... "]"
         return None
     # Messages of more than "[]" hold objects. The last object of a message is the one followed
@@ -343,7 +347,7 @@ def _route_objects(
         sym_at = np.where(spaced, start + 20, start + 17)
         if not (compact | spaced).all():
             found = _sym_positions(a, w64, start, head)
-            if found is None or (found[1] and not _without_sym_key(a, starts, ends)):
+            if found is None or (found[1] and not _without_sym_key(a, starts, ends, hdr)):
                 return None
             sym_at = found[0]
         first_word = w64[sym_at]
@@ -414,7 +418,7 @@ def _sym_positions(a: np.ndarray, w64: np.ndarray, start: np.ndarray, head: np.n
     return quote + np.where(compact, np.where(sym, 9, 10), np.where(sym, 11, 12)), True
 
 
-def _without_sym_key(a: np.ndarray, starts, ends) -> bool:
+def _without_sym_key(a: np.ndarray, starts, ends, hdr) -> bool:
     """Whether no payload can hold a "sym" key: no "y" and no backslash outside the frame headers.
 
     An object that names its instrument "pair" goes by "sym" if it also has that key (the
@@ -422,7 +426,7 @@ def _without_sym_key(a: np.ndarray, starts, ends) -> bool:
     lo, hi = int(starts[0]), int(ends[-1])
     region = a[lo:hi]
     hits = np.flatnonzero((region == 0x79) | (region == 0x5C)) + lo
-    return not len(hits) or bool(np.isin(hits, _header_positions(starts, ends, lo)).all())
+    return not len(hits) or bool(np.isin(hits, hdr).all())
 
 
 def _rows(buf: np.ndarray, count: int, width: int) -> np.ndarray:
