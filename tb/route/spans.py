@@ -227,13 +227,19 @@ def route_frames(
     b0 = a[h]
     b1 = a[h + 1].astype(np.int64)
     short = b1 < 126
+    hl = np.where(short, 2, 4)
     length = np.where(short, b1, (a[h + 2].astype(np.int64) << 8) | a[h + 3])
-    e = h + np.where(short, 2, 4) + length
-    ok = (b0[:k] == 0x81) & (b1[:k] <= 126) & (e[:k] == m + 2) & (length[:k] <= max_message)
+    huge = np.flatnonzero(b1 == 127)
+    if len(huge):  # 64-bit lengths (messages of 64 KiB or more), capped past the limit
+        word = np.ndarray((len(a) - 7,), ">u8", buffer=a, strides=(1,))[h[huge] + 2]
+        length[huge] = np.minimum(word, max_message + 1)
+        hl[huge] = 10
+    e = h + hl + length
+    ok = (b0[:k] == 0x81) & (b1[:k] <= 127) & (e[:k] == m + 2) & (length[:k] <= max_message)
     if not ok.all():
         return None
     stop = int(h[k])
-    if stop + 2 <= end and b0[k] == 0x81 and b1[k] <= 126 and e[k] <= end:
+    if stop + 2 <= end and b0[k] == 0x81 and b1[k] <= 127 and e[k] <= end:
         return None  # a complete text frame without "}]" at its end: "[]", or not feed-shaped
     ends = e[:k]
     starts = ends - length[:k]
@@ -244,6 +250,9 @@ def route_frames(
     hs = h[1:k]
     wide = hs[~short[1:k]]
     hdr = np.concatenate((hs, hs + 1, wide + 2, wide + 3))
+    if len(huge):
+        long = h[huge[(huge >= 1) & (huge < k)]]
+        hdr = np.concatenate((hdr, (long[:, None] + np.arange(4, 10)).ravel()))
     saved = a[hdr]
     stray = hdr[saved == 0x7D]
     if len(stray):

@@ -1,10 +1,11 @@
 """Batch frame scanning: the spans of every plain data frame at the start of a receive buffer.
 
-Theory of operation. Nearly every frame a feed sends is a final, unmasked TEXT frame with a 7- or
-16-bit length. `scan_data_frames` finds the payload spans of the longest run of such frames at
-the start of `a[pos:end]` and stops at the first frame that is anything else (a control frame, a
-fragment, a 64-bit length, a masked or oversized frame, or one not yet complete): the caller
-hands the rest to `Connection.receive`, which knows the whole protocol. No payload is copied.
+Theory of operation. Nearly every frame a feed sends is a final, unmasked TEXT frame (with a 7-,
+16- or, for messages of 64 KiB or more, 64-bit length). `scan_data_frames` finds the payload
+spans of the longest run of such frames at the start of `a[pos:end]` and stops at the first
+frame that is anything else (a control frame, a fragment, a masked or oversized frame, a 64-bit
+length with its top bit set, or one not yet complete): the caller hands the rest to
+`Connection.receive`, which knows the whole protocol. No payload is copied.
 
 Two strategies, same result (tests/ws/test_scan.py pins them against Connection.receive):
 - big frames (a burst's ~40 KB messages): a short Python loop over the headers;
@@ -82,13 +83,18 @@ def _scan_python(
             return p, True
         b0 = view[p]
         b1 = view[p + 1]
-        if (b0 != 0x81 and b0 != 0x82) or b1 > 126:
+        if (b0 != 0x81 and b0 != 0x82) or b1 > 127:
             break
         if b1 == 126:
             s = p + 4
             if s > end:
                 break
             e = s + ((view[p + 2] << 8) | view[p + 3])
+        elif b1 == 127:  # (a top bit set makes it too long: Connection.receive rejects it)
+            s = p + 10
+            if s > end:
+                break
+            e = s + int.from_bytes(view[p + 2 : s], "big")
         else:
             s = p + 2
             e = s + b1
@@ -117,9 +123,15 @@ def _scan_vectorized(a: np.ndarray, pos: int, end: int, max_message: int, mask=N
     short = b1 < 126
     hl = np.where(short, 2, 4)
     length = np.where(short, b1, ext)
+    huge = np.flatnonzero(b1 == 127)
+    if len(huge):  # 64-bit lengths (capped: a top bit set is too long, as is past the limit)
+        at = np.minimum(cand[huge] + 2, len(a) - 8)  # (past `end`: unusable, whatever it reads)
+        word = np.ndarray((len(a) - 7,), ">u8", buffer=a, strides=(1,))[at]
+        length[huge] = np.minimum(word, max_message + 1)
+        hl[huge] = 10
     nxt = cand + hl + length
     # a frame is usable when its header is whole, it is complete, plain and within the limit
-    usable = (b1 <= 126) & (cand + hl <= end) & (nxt <= end) & (length <= max_message)
+    usable = (b1 <= 127) & (cand + hl <= end) & (nxt <= end) & (length <= max_message)
     j = np.searchsorted(cand, nxt)
     jc = np.minimum(j, len(cand) - 1)
     linked = usable & (j < len(cand)) & (cand[jc] == nxt)

@@ -242,6 +242,36 @@ def test_route_frames_equals_scanning_then_route_spans(profile, style):
             assert batch is not None and same(batch, Router(32).route_python(msgs))
 
 
+def test_route_frames_takes_64_bit_lengths():
+    # messages of 64 KiB or more (a burst batched into few frames) have 64-bit lengths, here
+    # 0x17D7D: length bytes 0x7D are no object's end. A sender may also use one for a short
+    # message.
+    trades = [trade(f"S{i % 97}", i, "x" * (i % 7)) for i in range(2000)]
+    payloads = [message(trades[:900]), message(trades[900:901]), message(trades[901:])]
+    pad = 0x17D7D - len(message(trades[901:-1] + [trade("S1", 1999, "x")])) + 1
+    payloads[2] = message(trades[901:-1] + [trade("S1", 1999, "x" * pad)])
+    assert len(payloads[2]) == 0x17D7D and len(payloads[0]) > 0xFFFF
+    frames = text(payloads[0]) + b"\x81\x7f" + len(payloads[1]).to_bytes(8, "big") + payloads[1]
+    frames += text(payloads[2]) + text(message([trade("AB", 1)]))
+    assert frames.count(b"\x81\x7f") == 3 and b"\x7d\x7d" in text(payloads[2])[:10]
+    rng = random.Random(4)
+    a, pos, end = framed(frames)
+    for cut in [end, end - 1, *(rng.randrange(pos + 2, end) for _ in range(12))]:
+        got = route_frames(a, pos, cut, 16 << 20, 32)
+        starts, ends, stop = scanned(a, pos, cut)
+        if not starts:
+            assert got is None
+            continue
+        assert got is not None, cut
+        batch, fs, fe, fstop = got
+        assert (fs.tolist(), fe.tolist(), fstop) == (starts, ends, stop)
+        msgs = [a[s:e].tobytes() for s, e in zip(starts, ends, strict=True)]
+        assert same(batch, Router(32).route_python(msgs))
+    assert len(route_frames(a, pos, end, 16 << 20, 32)[1]) == 4
+    # past max_message: not placed here (Connection.receive rejects it)
+    assert route_frames(a, pos, end, 0xFFFF, 32) is None
+
+
 def test_route_frames_skips_0x7d_length_bytes():
     # a 125-byte payload has "}" as its 7-bit length; 16-bit lengths 0x017D and 0x7D50 too
     payloads = []

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tb.ws import Connection, Opcode, encode_frame
+from tb.ws import Connection, Opcode, ProtocolError, encode_frame
 from tb.ws.scan import scan_data_frames
 
 
@@ -66,7 +66,8 @@ SIZES = [
     [129 + 256 * k for k in range(40)],  # low length byte 0x81: a stray candidate in each header
     [130, 385, 641, 2, 40000, 120, 33025, 33026, 126, 125],  # 0x81/0x82 in either length byte
     [40000] * 20,  # big frames: the Python strategy
-    [3] * 16 + [500] * 30 + [70000] + [10] * 20,  # a 64-bit length stops the scan
+    [3] * 16 + [500] * 30 + [70000] + [10] * 20,  # a 64-bit length
+    [70000, 300000, 65536, 10],
     # enough small frames for the vectorized strategy (VECTOR_MIN_FRAMES):
     [5] * 400,
     [129 + 256 * (k % 40) for k in range(400)],  # stray candidates in the 16-bit lengths
@@ -82,6 +83,47 @@ def test_same_messages_as_connection(sizes, extras, cut):
     data = stream(rng, sizes, extras)
     data = data[: len(data) - cut]  # a partial last frame
     assert via_scan(data)[:2] == via_connection(data)[:2]
+
+
+def frame64(payload: bytes, length: int | None = None) -> bytes:
+    """A final TEXT frame with a 64-bit length, for any payload size (as RFC 6455 allows a
+    receiver to accept; Connection.receive does)."""
+    size = len(payload) if length is None else length
+    return b"\x81\x7f" + size.to_bytes(8, "big") + payload
+
+
+@pytest.mark.parametrize("small", [3, 600])
+def test_64_bit_lengths_are_scanned(small):
+    big = payload(None, 70000)
+    frames = [encode_frame(Opcode.TEXT, payload(None, small), mask=False)] * 300
+    frames[100] = encode_frame(Opcode.TEXT, big, mask=False)  # (after the probe: vectorized)
+    frames[250] = frame64(b"[0x81 in a length]")  # a short payload, 64-bit encoded
+    frames[251] = frame64(payload(None, 0x81 + 0x7F00))  # length bytes 0x7F, 0x81
+    data = b"".join(frames)
+    buf = bytearray(data) + bytes(16)
+    starts, ends, _, stop = scan_data_frames(
+        np.frombuffer(buf, np.uint8), memoryview(buf), 0, len(data), 1 << 20
+    )
+    assert isinstance(starts, np.ndarray) and stop == len(data) and len(starts) == 300
+    assert bytes(buf[starts[100] : ends[100]]) == big
+    assert bytes(buf[starts[250] : ends[250]]) == b"[0x81 in a length]"
+    got, used, _ = via_scan(data)
+    assert (got, used) == via_connection(data)[:2] and used == len(data)
+
+
+@pytest.mark.parametrize("length", [1 << 63, (1 << 64) - 1, 5000])
+def test_stops_before_a_64_bit_length_too_long(length):
+    # a top bit set (the RFC forbids it) or past max_message: left to Connection.receive
+    for lead in (1, 300):  # the Python strategy, the vectorized one
+        data = b"".join([encode_frame(Opcode.TEXT, b"[1]", mask=False)] * lead)
+        data += frame64(b"[2]" * 10, length) + encode_frame(Opcode.TEXT, b"[3]", mask=False)
+        buf = bytearray(data) + bytes(16)
+        starts, _, _, stop = scan_data_frames(
+            np.frombuffer(buf, np.uint8), memoryview(buf), 0, len(data), 4096
+        )
+        assert len(starts) == lead and stop == 5 * lead
+        with pytest.raises(ProtocolError):
+            Connection(max_message=4096).receive(memoryview(data[stop:]))
 
 
 def test_stops_before_an_oversized_frame():
