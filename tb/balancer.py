@@ -145,6 +145,7 @@ class Balancer:
         self.view = memoryview(self.arena)
         self.arr = np.frombuffer(self.arena, dtype=np.uint8)  # the same bytes, for the span router
         self.scratch = Scratch()  # the span router's buffers, reused batch after batch
+        self.packed = np.zeros(0, np.uint8)  # the Connection's messages, for the span router
         self.symbol_pipes: dict[bytes, int] = {}  # the small-batch lane's symbol -> pipe cache
         self.room = len(self.arena) - SPAN_PAD  # data never goes past this: row reads need slack
         self.start = self.end = 0
@@ -625,7 +626,7 @@ class Balancer:
         self.start += consumed
         stage[1] += perf_counter() - t1
         if ws.messages:
-            self._route(ws.messages)
+            self._route_messages(ws.messages)
         pending = ws.data_to_send()
         if pending:
             self._send(pending)
@@ -726,6 +727,33 @@ class Balancer:
         if len(starts) == 1:  # a quiet feed's usual receive
             return [view[starts[0] : ends[0]]]
         return [view[s:e] for s, e in zip(as_list(starts), as_list(ends), strict=True)]
+
+    def _route_messages(self, messages: list) -> None:
+        """Route what the Connection delivered (fragmented messages, frames after a control
+        frame): the fast way when feed-shaped, as the spans are, else the general way."""
+        t0 = perf_counter()
+        size = sum(map(len, messages))
+        if size >= self.router.numpy_min_bytes:
+            # (copied once into a padded buffer: the span router reads past a batch's end)
+            if len(self.packed) < size + SPAN_PAD:
+                self.packed = np.zeros(max(size + SPAN_PAD, 2 * len(self.packed)), np.uint8)
+            lens = np.fromiter(map(len, messages), np.int64, len(messages))
+            ends = np.cumsum(lens)
+            starts = ends - lens
+            view = memoryview(self.packed)
+            for m, s0, e0 in zip(messages, starts.tolist(), ends.tolist(), strict=True):
+                view[s0:e0] = m
+            batch = route_spans(
+                self.packed, starts, ends, self.cfg.pipes, self.cfg.hash, self.scratch
+            )
+        else:
+            batch = route_small(messages, self.cfg.pipes, self.cfg.hash, self.symbol_pipes)
+        if batch is None:
+            self._route(messages)
+            return
+        self.c.messages += len(messages)
+        messages.clear()
+        self._account(batch, t0)
 
     def _route(self, messages: list) -> None:
         t0 = perf_counter()

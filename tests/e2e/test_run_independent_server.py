@@ -102,6 +102,39 @@ def test_websockets_library_server_fragments_pings_spaces(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_websockets_library_server_feed_frames_take_the_fast_path(tmp_path):
+    # the feed's own layout, with what a server library may do to it: fragments, pings, and
+    # 64-bit lengths for messages of 64 KiB or more -- none of it may send trades the general way
+    from tb.gen import generate
+
+    batches = [json.loads(p) for p in generate(profile="burst", trades=20000, symbols=300)]
+    messages = []
+    for i in range(0, len(batches), 4):
+        if i % 12 == 0:  # three batches in one message: ~120 KB
+            messages.append(sum(batches[i : i + 3], []))
+            messages += batches[i + 3 : i + 4]
+        else:
+            messages += batches[i : i + 4]
+    messages = [json.dumps(m, separators=(",", ":")) for m in messages]
+    assert max(map(len, messages)) > 0xFFFF
+    feed = WebsocketsFeed(messages)
+    log = tmp_path / "log.jsonl"
+    try:
+        proc = run_tb(
+            ["run", f"ws://127.0.0.1:{feed.port}/stocks", "--pipes", "5", "--key", "kk", "--once",
+             "--workdir", str(tmp_path), "--", sys.executable, VERIFY_WORKER, str(log)]
+        )  # fmt: skip
+    finally:
+        feed.close()
+    assert proc.returncode == 0, proc.stderr
+    check_delivery(read_log(log), messages, 5)
+    final = [line for line in proc.stderr.splitlines() if "tb: final" in line]
+    counters = dict(kv.split("=", 1) for kv in final[0].split() if "=" in kv)
+    assert counters["routed"] == "20000", final[0]
+    assert counters["general"] == counters["statuses"], final[0]  # the statuses only
+    assert "Traceback" not in proc.stderr
+
+
 def trade(sym: str, q: int) -> dict:
     return {"ev": "T", "sym": sym, "i": str(q), "x": 1, "p": 1.5, "s": 1, "t": 1, "q": q}
 
