@@ -91,6 +91,7 @@ class RunConfig:
     max_message: int = 16 << 20
     loop: str = "auto"
     busy_poll: float = 0.0  # seconds the loop keeps polling after an event before it sleeps
+    splice: bool = True  # vmsplice big batches' runs into the pipes (else copy them)
     pipe_size: int | None = None
     tls: bool | None = None  # None: by the URL's scheme
     tls_mode: str = "auto"  # auto | ktls | userspace
@@ -197,8 +198,13 @@ class Balancer:
         if not self._start_worker():
             return EXIT_WORKER
         self.writer = PipeWriter(
-            self.loop, self.pipeset.write_fds, max_buffer=cfg.max_buffer, on_drain=self._on_drain
+            self.loop,
+            self.pipeset.write_fds,
+            max_buffer=cfg.max_buffer,
+            on_drain=self._on_drain,
+            splice=cfg.splice,
         )
+        self.scratch.outputs = self.writer.output_buffer  # big batches' runs are spliced
         self._install_signals()
         if cfg.stats > 0:
             self.loop.call_later(cfg.stats, self._print_stats)
@@ -898,6 +904,7 @@ class Balancer:
         return (
             f"tb: final {self.counters_line()} bytes_in={self.c.bytes_in}"
             f" messages={self.c.messages} recvs={self.c.recvs} pipe_writes={w.writes if w else 0}"
+            f" spliced_bytes={w.spliced_bytes if w else 0}"
             f" syscalls_per_trade={syscalls / max(1, self.c.routed):.4f}"
             f" stage_s=recv:{recv_s:.3f},frames:{frames_s:.3f},route:{route_s:.3f},write:{write_s:.3f}"
             f" stream_s={span:.3f} trades_per_s={rate:.0f}"

@@ -60,6 +60,7 @@ class ProfileResult:
     loop: str
     tls: str
     busy_poll_us: int = 0
+    splice: bool = True  # tb's (tb run --no-splice: False)
     delivered: int = 0
     seconds: float = 0.0
     trades_per_s: float = 0.0
@@ -112,6 +113,12 @@ def add_parser(subparsers) -> None:
         help="tb's busy polling (tb run --busy-poll; default 0)",
     )
     p.add_argument(
+        "--no-splice",
+        dest="splice",
+        action="store_false",
+        help="tb copies every record into the pipes (tb run --no-splice)",
+    )
+    p.add_argument(
         "--tls",
         choices=["none", "userspace", "ktls"],
         default="none",
@@ -122,7 +129,7 @@ def add_parser(subparsers) -> None:
         metavar="CMD",
         help="profile another balancer with the C original's CLI (CMD KEY URL NPIPES WORKDIR WORKER...)"
         " instead of tb, e.g. --balancer ./lb or --balancer 'python3 tools/naive_client.py'"
-        " (--loop, --hash and --busy-poll are tb's: not with --balancer)",
+        " (--loop, --hash, --busy-poll and --no-splice are tb's: not with --balancer)",
     )
     p.add_argument(
         "--sleeping-worker",
@@ -138,7 +145,13 @@ def add_parser(subparsers) -> None:
     )
     add_logging_arguments(p)
     # tb run's own options, with their defaults: another balancer has none of them (main)
-    tb_only = {k: p.get_default(k) for k in ("loop", "hash", "busy_poll")}
+    flags = {
+        "loop": "--loop",
+        "hash": "--hash",
+        "busy_poll": "--busy-poll",
+        "splice": "--no-splice",
+    }
+    tb_only = {k: (flag, p.get_default(k)) for k, flag in flags.items()}
     p.set_defaults(func=main, tb_only=tb_only)
 
 
@@ -222,6 +235,7 @@ def run_profile(args: argparse.Namespace, live: bool = True) -> ProfileResult:
     res = ProfileResult(args.workload, name, trades, args.pipes, args.loop, args.tls)
     if name == "tb":
         res.busy_poll_us = args.busy_poll
+        res.splice = args.splice
     if getattr(args, "sleeping_worker", False):
         res.latency_kind = "feed->worker"
     cap = cached_capture(gen_profile, trades, args.symbols)
@@ -284,6 +298,8 @@ def _balancer_cmd(args, url: str, work: Path, worker: list[str]) -> list[str]:
     cmd = [sys.executable, "-m", "tb", "run", url, "--pipes", str(args.pipes), "--key", "profile-key",
            "--loop", args.loop, "--hash", args.hash, "--workdir", str(work), "--stats", "0",
            "--busy-poll", str(args.busy_poll)]  # fmt: skip
+    if not args.splice:
+        cmd.append("--no-splice")
     if args.tls != "none":
         cmd += ["--insecure", "--tls", "ktls" if args.tls == "ktls" else "userspace"]
     return [*cmd, "--", *worker]
@@ -434,7 +450,8 @@ def format_result(r: ProfileResult) -> str:
     lines = [
         f"tb profile: {r.workload}, {r.trades:,} trades, {r.pipes} pipes, balancer {r.balancer}"
         f"{'' if r.balancer != 'tb' else f', loop {r.loop}'}, tls {r.tls}"
-        f"{f', busy-poll {r.busy_poll_us} us' if r.busy_poll_us else ''}",
+        f"{f', busy-poll {r.busy_poll_us} us' if r.busy_poll_us else ''}"
+        f"{'' if r.splice else ', no splice'}",
     ]
     if r.error:
         lines.append(f"  FAILED: {r.error}")
@@ -513,9 +530,9 @@ def _plot(results: list[ProfileResult], path: str) -> None:
 
 def main(args: argparse.Namespace) -> int:
     if args.balancer:
-        given = [k for k, default in args.tb_only.items() if getattr(args, k) != default]
+        given = [flag for k, (flag, default) in args.tb_only.items() if getattr(args, k) != default]
         if given:
-            flags = ", ".join("--" + k.replace("_", "-") for k in given)
+            flags = ", ".join(given)
             verb = "applies" if len(given) == 1 else "apply"
             raise CLIError(f"{flags} {verb} to tb only, not to a --balancer command")
     results = []

@@ -53,6 +53,16 @@ def test_trickle_measures_latency(tmp_path, worker):
         assert r["busy_poll_us"] == 0 and busy < 0.3, busy
 
 
+@pytest.mark.parametrize("splice", [True, False])
+def test_burst_batches_are_spliced_unless_told_not_to(tmp_path, splice):
+    # (how much depends on how closely the worker follows: a buffer is reused once read)
+    r = profile(tmp_path, "--workload", "burst", "--trades", "300000",
+                *([] if splice else ["--no-splice"]))  # fmt: skip
+    assert r["ok"] and r["delivered"] == 300000 and r["splice"] is splice
+    spliced = int(r["tb"]["spliced_bytes"])
+    assert spliced > 1 << 20 if splice else spliced == 0, spliced
+
+
 def test_other_balancer_through_the_original_cli(tmp_path):
     r = profile(tmp_path, "--workload", "quiet", "--trades", "2000",
                 "--balancer", f"{sys.executable} -m tb lb")  # fmt: skip
@@ -61,7 +71,7 @@ def test_other_balancer_through_the_original_cli(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "option", [["--busy-poll", "100"], ["--loop", "epoll"], ["--hash", "compat"]]
+    "option", [["--busy-poll", "100"], ["--loop", "epoll"], ["--hash", "compat"], ["--no-splice"]]
 )
 def test_tb_options_with_another_balancer_are_usage_errors(tmp_path, option):
     # another balancer has none of tb run's options: saying so beats profiling without them

@@ -30,6 +30,7 @@ def profile_args(
         loop="auto",
         hash="mixed",
         busy_poll=busy_poll,
+        splice=True,
         tls="none",
         balancer=balancer,
         runs=1,

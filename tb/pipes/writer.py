@@ -18,10 +18,22 @@ Invariants:
 
 Back-pressure: over_limit() says the caller should stop reading its socket (queued_bytes >=
 max_buffer); once the queue has drained below max_buffer/2, on_drain() is called once.
+
+Splicing (Linux vmsplice): a run that lies in an output buffer the writer handed out
+(output_buffer) is not copied into the pipe: the pipe takes references to its pages, and the
+reader's read copies from them (the kernel's copy on write, ~60% of a big batch's write cost,
+is gone). Such a buffer must not change until every byte spliced from it has been read, so it
+carries a fence per pipe -- how many bytes had entered that pipe (`pipe_in`) once its run was in
+-- and is handed out again only when each pipe's reader has consumed up to its fence (bytes in
+minus FIONREAD). A pool of a few such buffers turns over batch after batch; when none is free
+(a reader far behind) the caller gets None and builds its runs elsewhere, to be copied as
+before. Runs shorter than SPLICE_MIN are copied too: a spliced piece fills a pipe slot (a page)
+however small it is, copied bytes share pages. Queued chunks are always copies.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import math
@@ -35,13 +47,41 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from itertools import islice
 
+import numpy as np
+
 from tb.loop import Loop
 from tb.pipes.errors import PipeError
 
-__all__ = ["PipeWriter", "IOV_MAX"]
+__all__ = ["PipeWriter", "IOV_MAX", "SPLICE_MIN", "vmsplice_available"]
 
 IOV_MAX = 1024  # os.sysconf("SC_IOV_MAX") on Linux; writev refuses more buffers (EINVAL)
 _HEADER = struct.Struct("<I")
+SPLICE_MIN = 16 << 10  # shorter runs are copied (a spliced piece takes a whole pipe slot)
+SPLICE_POOL = 3  # output buffers at most; beyond, runs are copied until one is consumed
+_SPLICE_F_NONBLOCK = 0x02
+
+
+class _Iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+def _load_vmsplice():
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).vmsplice
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.POINTER(_Iovec), ctypes.c_ulong, ctypes.c_uint]
+    fn.restype = ctypes.c_ssize_t
+    return fn
+
+
+_vmsplice = _load_vmsplice()
+
+
+def vmsplice_available() -> bool:
+    """Whether libc has vmsplice (the kernel may still refuse it: the writer then copies)."""
+    return _vmsplice is not None
+
 
 Buffer = bytes | bytearray | memoryview
 
@@ -117,6 +157,21 @@ def _detach(run: Buffer, start: int) -> memoryview:
     return memoryview(bytes(memoryview(run)[start:]))
 
 
+def _round_up(n: int) -> int:
+    return (n + (1 << 20) - 1) & ~((1 << 20) - 1)  # whole MiB: fewer regrowths
+
+
+class _Pinned:
+    """An output buffer of the splice pool and where its spliced bytes end in each pipe."""
+
+    __slots__ = ("buf", "view", "fences")
+
+    def __init__(self, size: int) -> None:
+        self.buf = np.empty(size, dtype=np.uint8)
+        self.view: np.ndarray | None = None  # what was handed out last (runs are views of it)
+        self.fences: dict[int, int] = {}  # pipe -> its pipe_in once this buffer's run was in
+
+
 class PipeWriter:
     """Writes per-pipe record runs to nonblocking pipe write ends without ever blocking.
 
@@ -131,6 +186,7 @@ class PipeWriter:
         *,
         max_buffer: int = 1 << 30,
         on_drain: Callable[[], None] | None = None,
+        splice: bool = True,
     ) -> None:
         n = len(write_fds)
         self.loop = loop
@@ -147,9 +203,67 @@ class PipeWriter:
         self.queued_bytes_per_pipe = [0] * n
         self.queued_bytes = 0
         self.queued_records = 0
-        self.writes = 0  # write/writev syscalls made
+        self.writes = 0  # write/writev/vmsplice syscalls made
         self.eagain = 0  # writes refused because the pipe was full
         self.partial_writes = 0  # writes the kernel took only part of
+        # splicing: bytes that ever entered each pipe, the pool, the buffer handed out last
+        self.splice = splice and _vmsplice is not None
+        self.spliced_bytes = 0
+        self.pipe_in = [0] * n
+        self._pool: list[_Pinned] = []
+        self._handed: _Pinned | None = None
+        self._iov = _Iovec()
+
+    # -- splicing -------------------------------------------------------------------------------
+    def output_buffer(self, n: int) -> np.ndarray | None:
+        """n bytes to build the next batch's runs in, so that they can be spliced; None if the
+        writer does not splice or no buffer of its pool is free (build them elsewhere).
+
+        The runs must be submitted before the next call (which takes this buffer back unless
+        submit spliced from it)."""
+        if not self.splice:
+            return None
+        self._handed = None
+        for k, pinned in enumerate(self._pool):  # oldest first: the likeliest consumed
+            if pinned.fences and not self._consumed(pinned.fences):
+                continue
+            pinned.fences = {}
+            if len(pinned.buf) < n:
+                pinned.buf = np.empty(_round_up(n), dtype=np.uint8)
+            self._pool.append(self._pool.pop(k))
+            break
+        else:
+            if len(self._pool) >= SPLICE_POOL:
+                return None
+            pinned = _Pinned(_round_up(n))
+            self._pool.append(pinned)
+        self._handed = pinned
+        pinned.view = pinned.buf[:n]
+        return pinned.view
+
+    def _consumed(self, fences: dict[int, int]) -> bool:
+        """Whether every pipe's reader has read up to its fence."""
+        pipe_in, fds = self.pipe_in, self.fds
+        for i, fence in fences.items():
+            if pipe_in[i] - _unread_bytes(fds[i]) < fence:
+                return False
+        return True
+
+    def _splice(self, fd: int, run: memoryview) -> int:
+        """vmsplice run into the pipe (no copy); the bytes taken. BlockingIOError if full."""
+        iov = self._iov
+        iov.base = ctypes.addressof(ctypes.c_char.from_buffer(run))
+        iov.len = len(run)
+        n = _vmsplice(fd, ctypes.byref(iov), 1, _SPLICE_F_NONBLOCK)
+        if n >= 0:
+            return n
+        err = ctypes.get_errno()
+        if err == errno.EAGAIN:
+            raise BlockingIOError(err, os.strerror(err))
+        if err in (errno.EINVAL, errno.ENOSYS, errno.EPERM):  # refused here: copy from now on
+            self.splice = False  # (the pool stays: pipes may hold pages spliced before)
+            return os.write(fd, run)
+        raise OSError(err, os.strerror(err))
 
     # -- submitting -----------------------------------------------------------------------------
     def submit(
@@ -170,6 +284,9 @@ class PipeWriter:
         if len(runs) != len(self.fds) or len(counts) != len(self.fds):
             raise ValueError(f"need {len(self.fds)} runs and counts, got {len(runs)}/{len(counts)}")
         error: PipeError | None = None
+        pinned = self._handed
+        spliceable = pinned.view if pinned is not None else None
+        pipe_in = self.pipe_in
         for i in range(len(runs)) if used is None else used:
             run = runs[i]
             if not run:
@@ -177,9 +294,21 @@ class PipeWriter:
             if self._queues[i]:
                 self._enqueue(i, _detach(run, 0), 0, counts[i])  # behind what is queued
                 continue
+            size = len(run)
             try:
                 self.writes += 1
-                n = os.write(self.fds[i], run)
+                if (
+                    size >= SPLICE_MIN
+                    and type(run) is memoryview
+                    and run.obj is spliceable
+                    and self.splice
+                ):
+                    n = self._splice(self.fds[i], run)
+                    if self.splice:
+                        self.spliced_bytes += n
+                        pinned.fences[i] = pipe_in[i] + n
+                else:
+                    n = os.write(self.fds[i], run)
             except BlockingIOError:
                 self.eagain += 1
                 n = 0
@@ -187,7 +316,7 @@ class PipeWriter:
                 error = error or self._error(i, exc, len(run), counts[i])
                 continue
             self.written_bytes[i] += n
-            size = len(run)
+            pipe_in[i] += n
             if n == size:
                 self.written_records[i] += counts[i]
                 continue
@@ -230,6 +359,7 @@ class PipeWriter:
             raise self._error(i, exc, self.queued_bytes_per_pipe[i], None) from None
         if n < sum(map(len, iov)):
             self.partial_writes += 1
+        self.pipe_in[i] += n
         self._consume(i, n)
         if not queue:
             self.loop.remove_writer(fd)
@@ -309,6 +439,7 @@ class PipeWriter:
         if keep:
             # The pipe is empty now and held all of it a moment ago: this write cannot be short.
             n = os.write(fd, keep)
+            self.pipe_in[i] += n  # (what was read out counts as consumed: splice fences hold)
             if n != len(keep):
                 raise PipeError(f"pipe {i}: could not put {len(keep) - n} bytes back after resync")
         if not queue:

@@ -124,11 +124,15 @@ def _header_positions(starts: np.ndarray, ends: np.ndarray, lo: int) -> np.ndarr
 
 
 class Scratch:
-    """Buffers kept from batch to batch: fresh multi-MB arrays cost page faults every time."""
+    """Buffers kept from batch to batch: fresh multi-MB arrays cost page faults every time.
 
-    def __init__(self) -> None:
+    `outputs`, if given, supplies the output buffers (n -> a uint8 array of n bytes, or None for
+    this one): the pipe writer's, whose runs it splices into the pipes instead of copying."""
+
+    def __init__(self, outputs=None) -> None:
         self.mask = np.empty(0, dtype=bool)
         self.out = np.empty(0, dtype=np.uint8)
+        self.outputs = outputs
 
     def bools(self, n: int) -> np.ndarray:
         if len(self.mask) < n:
@@ -138,6 +142,10 @@ class Scratch:
     def output(self, n: int) -> np.ndarray:
         # The runs handed out are views of this buffer: PipeWriter copies what it cannot write
         # at once, so the buffer is free again when the next batch comes.
+        if self.outputs is not None:
+            out = self.outputs(n)
+            if out is not None:
+                return out
         if len(self.out) < n:
             self.out = np.empty(max(n, 2 * len(self.out)), dtype=np.uint8)
         return self.out[:n]
