@@ -197,6 +197,15 @@ def probe_pipes() -> Finding:
     return Finding("pipes", size >= 1 << 20, detail, f"sysctl -w fs.pipe-max-size={want} (as root)")
 
 
+def probe_splice() -> Finding:
+    from tb.pipes.writer import vmsplice_problem
+
+    problem = vmsplice_problem()
+    if not problem:
+        return Finding("splice", True, "vmsplice into a pipe works: big batches are not copied")
+    return Finding("splice", False, f"{problem}: tb copies every record into the pipes instead")
+
+
 def probe_rmem() -> Finding:
     text = _read("/proc/sys/net/core/rmem_max")
     if text is None:
@@ -229,6 +238,7 @@ def probe_all() -> list[Finding]:
         probe_ktls(),
         probe_io_uring(),
         probe_pipes(),
+        probe_splice(),
         probe_rmem(),
         probe_cpus(),
     ]

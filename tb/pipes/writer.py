@@ -52,7 +52,7 @@ import numpy as np
 from tb.loop import Loop
 from tb.pipes.errors import PipeError
 
-__all__ = ["PipeWriter", "IOV_MAX", "SPLICE_MIN", "vmsplice_available"]
+__all__ = ["PipeWriter", "IOV_MAX", "SPLICE_MIN", "vmsplice_available", "vmsplice_problem"]
 
 IOV_MAX = 1024  # os.sysconf("SC_IOV_MAX") on Linux; writev refuses more buffers (EINVAL)
 _HEADER = struct.Struct("<I")
@@ -81,6 +81,24 @@ _vmsplice = _load_vmsplice()
 def vmsplice_available() -> bool:
     """Whether libc has vmsplice (the kernel may still refuse it: the writer then copies)."""
     return _vmsplice is not None
+
+
+def vmsplice_problem() -> str:
+    """'' if vmsplice moves bytes into a pipe here (tried for real), else what went wrong."""
+    if _vmsplice is None:
+        return "libc has no vmsplice"
+    data = bytearray(b"tb" * 4096)
+    r, w = os.pipe()
+    try:
+        iov = _Iovec(ctypes.addressof(ctypes.c_char.from_buffer(data)), len(data))
+        n = _vmsplice(w, ctypes.byref(iov), 1, _SPLICE_F_NONBLOCK)
+        if n < 0:
+            return f"vmsplice failed: {os.strerror(ctypes.get_errno())}"
+        got = os.read(r, len(data))
+        return "" if n == len(data) and got == data else "vmsplice moved other bytes"
+    finally:
+        os.close(r)
+        os.close(w)
 
 
 Buffer = bytes | bytearray | memoryview
@@ -255,6 +273,8 @@ class PipeWriter:
         iov.base = ctypes.addressof(ctypes.c_char.from_buffer(run))
         iov.len = len(run)
         n = _vmsplice(fd, ctypes.byref(iov), 1, _SPLICE_F_NONBLOCK)
+        while n < 0 and ctypes.get_errno() == errno.EINTR:  # (os.write retries too: PEP 475)
+            n = _vmsplice(fd, ctypes.byref(iov), 1, _SPLICE_F_NONBLOCK)
         if n >= 0:
             return n
         err = ctypes.get_errno()

@@ -3,15 +3,18 @@ byte spliced from it has been read, so what a reader gets is what was submitted.
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import struct
+import subprocess
+import sys
 
 import pytest
 
 from tb.loop.epoll import EpollLoop
 from tb.pipes import PipeWriter
-from tb.pipes.writer import SPLICE_MIN, SPLICE_POOL, vmsplice_available
+from tb.pipes.writer import SPLICE_MIN, SPLICE_POOL, vmsplice_available, vmsplice_problem
 
 pytestmark = pytest.mark.skipif(not vmsplice_available(), reason="libc has no vmsplice")
 
@@ -115,3 +118,12 @@ def test_short_runs_and_foreign_buffers_are_copied(loop, pipes):
     assert w.spliced_bytes == 0 and w.written_bytes == [SPLICE_MIN - 1 + RUN]
     off = PipeWriter(loop, ps.write_fds, splice=False)
     assert off.output_buffer(RUN) is None
+
+
+def test_tb_check_tries_vmsplice():
+    assert vmsplice_problem() == ""
+    proc = subprocess.run(
+        [sys.executable, "-m", "tb", "check", "--json"], capture_output=True, text=True, timeout=60
+    )
+    entry = next(c for c in json.loads(proc.stdout)["checks"] if c["name"] == "splice")
+    assert entry["on"] is True and "vmsplice" in entry["detail"]
