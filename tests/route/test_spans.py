@@ -221,6 +221,20 @@ def scanned(a, pos, end):
     return list(starts), list(ends), stop
 
 
+def frames_like_scanning(a, pos: int, cut: int) -> None:
+    """route_frames on a[pos:cut] finds what scan_data_frames finds and routes it as Router does."""
+    got = route_frames(a, pos, cut, 16 << 20, 32)
+    starts, ends, stop = scanned(a, pos, cut)
+    if not starts:
+        assert got is None
+        return
+    assert got is not None, cut  # feed frames: always placed
+    batch, fs, fe, fstop = got
+    assert (fs.tolist(), fe.tolist(), fstop) == (starts, ends, stop)
+    msgs = [a[s:e].tobytes() for s, e in zip(starts, ends, strict=True)]
+    assert batch is not None and same(batch, Router(32).route_python(msgs))
+
+
 @pytest.mark.parametrize("profile", ["burst", "quiet"])
 @pytest.mark.parametrize("style", ["compact", "spaced"])
 def test_route_frames_equals_scanning_then_route_spans(profile, style):
@@ -230,16 +244,7 @@ def test_route_frames_equals_scanning_then_route_spans(profile, style):
     for stale in (b"\x00", b'"}]\x81\x05[{}]'):
         a, pos, end = framed(frames, stale)
         for cut in [end, end - 1, *(rng.randrange(pos + 2, end) for _ in range(12))]:
-            got = route_frames(a, pos, cut, 16 << 20, 32)
-            starts, ends, stop = scanned(a, pos, cut)
-            if not starts:
-                assert got is None
-                continue
-            assert got is not None, cut  # feed frames: always placed
-            batch, fs, fe, fstop = got
-            assert (fs.tolist(), fe.tolist(), fstop) == (starts, ends, stop)
-            msgs = [a[s:e].tobytes() for s, e in zip(starts, ends, strict=True)]
-            assert batch is not None and same(batch, Router(32).route_python(msgs))
+            frames_like_scanning(a, pos, cut)
 
 
 def test_route_frames_takes_64_bit_lengths():
@@ -257,16 +262,7 @@ def test_route_frames_takes_64_bit_lengths():
     rng = random.Random(4)
     a, pos, end = framed(frames)
     for cut in [end, end - 1, *(rng.randrange(pos + 2, end) for _ in range(12))]:
-        got = route_frames(a, pos, cut, 16 << 20, 32)
-        starts, ends, stop = scanned(a, pos, cut)
-        if not starts:
-            assert got is None
-            continue
-        assert got is not None, cut
-        batch, fs, fe, fstop = got
-        assert (fs.tolist(), fe.tolist(), fstop) == (starts, ends, stop)
-        msgs = [a[s:e].tobytes() for s, e in zip(starts, ends, strict=True)]
-        assert same(batch, Router(32).route_python(msgs))
+        frames_like_scanning(a, pos, cut)
     assert len(route_frames(a, pos, end, 16 << 20, 32)[1]) == 4
     # past max_message: not placed here (Connection.receive rejects it)
     assert route_frames(a, pos, end, 0xFFFF, 32) is None
