@@ -29,7 +29,8 @@ def loop():
 
 
 def records(batch: int, pipe: int, size: int) -> bytes:
-    """`size` bytes of records that name their batch and pipe (so a stale page shows)."""
+    """Records (`size` bytes, or a few more) that name their batch and pipe: a page reused too
+    early shows."""
     out = bytearray()
     k = 0
     while len(out) < size:
@@ -38,7 +39,7 @@ def records(batch: int, pipe: int, size: int) -> bytes:
         body += b"x" * max(0, min(left, 80)) + b'"}'
         out += struct.pack("<I", len(body)) + body
         k += 1
-    return bytes(out[:size]) if len(out) == size else bytes(out)
+    return bytes(out)
 
 
 def drain(fd: int) -> bytes:
