@@ -685,16 +685,32 @@ class Balancer:
             return True
         return self._route_general(starts, ends, ops, payloads)
 
-    def _fast(self, starts, ends) -> tuple:
-        """(the span router's batch or None, the payload views if it made them)."""
+    def _fast(self, starts, ends, payloads=None) -> tuple:
+        """(the span router's batch or None, the payload views if it made them) for the
+        messages at starts/ends in the arena -- or, with `payloads`, these messages."""
         # numpy's fixed cost per batch (~0.5-1 ms) pays only for big batches; small ones (a
         # quiet feed's few trades per receive) take the same rules in plain Python
         if ends[-1] - starts[0] >= self.router.numpy_min_bytes:
+            arr = self.arr
+            if payloads is not None:  # copied once into a padded buffer: rows read past the end
+                arr = self._packed(payloads, ends[-1])
             starts, ends = np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64)
-            batch = route_spans(self.arr, starts, ends, self.cfg.pipes, self.cfg.hash, self.scratch)
+            batch = route_spans(arr, starts, ends, self.cfg.pipes, self.cfg.hash, self.scratch)
             return batch, None
-        payloads = self._payloads(starts, ends)
+        if payloads is None:
+            payloads = self._payloads(starts, ends)
         return route_small(payloads, self.cfg.pipes, self.cfg.hash, self.symbol_pipes), payloads
+
+    def _packed(self, payloads: list, size: int) -> np.ndarray:
+        """The payloads one after the other in a buffer with SPAN_PAD bytes to spare."""
+        if len(self.packed) < size + SPAN_PAD:
+            self.packed = np.zeros(max(size + SPAN_PAD, 2 * len(self.packed)), np.uint8)
+        view = memoryview(self.packed)
+        at = 0
+        for m in payloads:
+            view[at : at + len(m)] = m
+            at += len(m)
+        return self.packed
 
     def _leading_statuses(self, starts, ends, most: int = 8) -> int:
         """How many of the first messages (at most `most`) are status messages."""
@@ -738,22 +754,9 @@ class Balancer:
         """Route what the Connection delivered (fragmented messages, frames after a control
         frame): the fast way when feed-shaped, as the spans are, else the general way."""
         t0 = perf_counter()
-        size = sum(map(len, messages))
-        if size >= self.router.numpy_min_bytes:
-            # (copied once into a padded buffer: the span router reads past a batch's end)
-            if len(self.packed) < size + SPAN_PAD:
-                self.packed = np.zeros(max(size + SPAN_PAD, 2 * len(self.packed)), np.uint8)
-            lens = np.fromiter(map(len, messages), np.int64, len(messages))
-            ends = np.cumsum(lens)
-            starts = ends - lens
-            view = memoryview(self.packed)
-            for m, s0, e0 in zip(messages, starts.tolist(), ends.tolist(), strict=True):
-                view[s0:e0] = m
-            batch = route_spans(
-                self.packed, starts, ends, self.cfg.pipes, self.cfg.hash, self.scratch
-            )
-        else:
-            batch = route_small(messages, self.cfg.pipes, self.cfg.hash, self.symbol_pipes)
+        lens = np.fromiter(map(len, messages), np.int64, len(messages))
+        ends = np.cumsum(lens)
+        batch, _ = self._fast(ends - lens, ends, messages)  # (spans as if packed one after another)
         if batch is None:
             self._route(messages)
             return
