@@ -52,7 +52,7 @@ import numpy as np
 from tb.loop import Loop
 from tb.pipes.errors import PipeError
 
-__all__ = ["PipeWriter", "IOV_MAX", "SPLICE_MIN", "vmsplice_available", "vmsplice_problem"]
+__all__ = ["PipeWriter", "IOV_MAX", "SPLICE_MIN", "vmsplice_problem"]
 
 IOV_MAX = 1024  # os.sysconf("SC_IOV_MAX") on Linux; writev refuses more buffers (EINVAL)
 _HEADER = struct.Struct("<I")
@@ -76,11 +76,6 @@ def _load_vmsplice():
 
 
 _vmsplice = _load_vmsplice()
-
-
-def vmsplice_available() -> bool:
-    """Whether libc has vmsplice (the kernel may still refuse it: the writer then copies)."""
-    return _vmsplice is not None
 
 
 def vmsplice_problem() -> str:
