@@ -239,7 +239,7 @@ def route_frames(
     length = np.where(short, b1, (a[h + 2].astype(np.int64) << 8) | a[h + 3])
     huge = np.flatnonzero(b1 == 127)
     if len(huge):  # 64-bit lengths (messages of 64 KiB or more), capped past the limit
-        word = np.ndarray((len(a) - 7,), ">u8", buffer=a, strides=(1,))[h[huge] + 2]
+        word = _view(a, ">u8")[h[huge] + 2]
         length[huge] = np.minimum(word, max_message + 1)
         hl[huge] = 10
     e = h + hl + length
