@@ -234,9 +234,9 @@ class PipeWriter:
 
         The runs must be submitted before the next call (which takes this buffer back unless
         submit spliced from it)."""
-        if not self.splice:
-            return None
         self._handed = None
+        if not self.splice or n < SPLICE_MIN:  # (no run of a smaller batch would be spliced)
+            return None
         for k, pinned in enumerate(self._pool):  # oldest first: the likeliest consumed
             if pinned.fences and not self._consumed(pinned.fences):
                 continue

@@ -112,9 +112,10 @@ def test_a_buffer_comes_back_once_read(loop, pipes):
 def test_short_runs_and_foreign_buffers_are_copied(loop, pipes):
     ps = pipes(1, 65536)
     w = PipeWriter(loop, ps.write_fds)
-    buf = w.output_buffer(SPLICE_MIN - 1)
-    buf[:] = memoryview(records(0, 0, SPLICE_MIN - 1))
-    w.submit([memoryview(buf)], [0])
+    assert w.output_buffer(SPLICE_MIN - 1) is None  # a batch with no run long enough
+    buf = w.output_buffer(RUN)
+    buf[: SPLICE_MIN - 1] = memoryview(records(0, 0, SPLICE_MIN - 1))
+    w.submit([memoryview(buf)[: SPLICE_MIN - 1]], [0])  # a short run of a pooled buffer
     w.submit([records(1, 0, RUN)], [0])  # not the pool's
     assert w.spliced_bytes == 0 and w.written_bytes == [SPLICE_MIN - 1 + RUN]
     off = PipeWriter(loop, ps.write_fds, splice=False)
