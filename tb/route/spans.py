@@ -15,9 +15,10 @@ spans of a batch of complete messages (int64 arrays, feed order). Nothing is cop
    spaced `{"ev": "X", "sym": "` (X: 1-7 bytes; a fast lane for one byte: T, Q). In valid JSON
    such a prefix cannot start inside a string (its first quote would close the string, and `ev`
    cannot follow a string), and a "}" inside a string is never followed by such a prefix -- so
-   for valid JSON the split is exact. Crypto and forex name the instrument `pair` in that place; as
-   a "sym" key anywhere in the object would win (tb.route.fast_rules), such a batch must hold
-   no "y" and no backslash outside its frame headers.
+   for valid JSON the split is exact. Crypto and forex aggregates name the instrument `pair` in
+   that place, forex quotes (ev "C") `p`; as a "sym" key anywhere in the object would win, and
+   for p a "pair" key (tb.route.fast_rules), such an object must hold no "y" (nor "r", for p)
+   and no backslash. A status object goes the general way whatever its keys.
 4. Symbols: read as little-endian words after the prefix (one word for most tickers, up to
    SYM_ROW bytes); the first quote ends the symbol (a backslash in it, or no quote within
    SYM_ROW, sends the batch the general way). The hash takes the zero-padded bytes (mixed: the
@@ -72,6 +73,11 @@ _SYM_SPACED = _le(b', "sym":')  # 8 bytes, then ' "'
 _SP_Q = _le(b' "')
 _PAIR_COMPACT = _le(b',"pair":')  # 8 bytes, then '"'
 _PAIR_SPACED = _le(b', "pair"')  # 8 bytes, then ': "'
+_P_COMPACT = _le(b',"p":"')  # 6 bytes
+_M6 = _U64((1 << 48) - 1)
+_P_SPACED = _le(b', "p": "')  # 8 bytes
+_STATUS = _le(b"status")
+KEY_SYM, KEY_PAIR, KEY_P = 0, 1, 2  # what names an object's instrument
 _COLON_SP = _le(b": ")
 # the fast lane, a one-byte ev (T, Q, A, ...): '{"ev":"' X '","sym":' '"' (17 bytes), or spaced
 # '{"ev": "' X '", "sym' '": "' (20 bytes)
@@ -364,9 +370,11 @@ def _route_objects(
         sym_at = np.where(spaced, start + 20, start + 17)
         if not (compact | spaced).all():
             found = _sym_positions(a, w64, start, head)
-            if found is None or (found[1] and not _without_sym_key(a, starts, ends, hdr)):
+            if found is None:
                 return None
-            sym_at = found[0]
+            sym_at, kind = found
+            if kind is not None and not _keys_decide(a, starts, ends, hdr, close, kind):
+                return None
         first_word = w64[sym_at]
         known = 8
     # 4. symbols: the first quote ends the symbol (most tickers fit the word already read)
@@ -409,41 +417,82 @@ def _route_objects(
 
 
 def _sym_positions(a: np.ndarray, w64: np.ndarray, start: np.ndarray, head: np.ndarray):
-    """Where each instrument starts, for any ev value of 1-7 bytes followed by the key sym (or
-    pair: crypto, forex); None if not so. Returns (positions, whether any object has pair)."""
+    """Where each instrument starts, for any ev value of 1-7 bytes followed by the key sym or
+    pair (crypto, forex aggregates), or ev "C" followed by p (forex quotes); None if not so.
+
+    Returns (positions, kind): kind is None when every object is keyed by sym, else per object
+    KEY_SYM, KEY_PAIR or KEY_P (the caller must rule out a sym or pair key further on)."""
     compact = (head & _M7) == _COMPACT
     spaced = head == _SPACED
     if not (compact | spaced).all():
         return None
     ev_at = start + np.where(compact, 7, 8)
-    ev_len = _first_byte(w64[ev_at], 0x22)  # the quote closing ev
+    ev = w64[ev_at]
+    ev_len = _first_byte(ev, 0x22)  # the quote closing ev
     if not ((ev_len >= 1) & (ev_len <= 7)).all():
         return None
+    if ((ev_len == 6) & ((ev & _M6) == _STATUS)).any():
+        return None  # a status object, whatever its keys: the general way
     quote = ev_at + ev_len
     nxt = w64[quote + 1]
     u16 = _view(a, np.uint16)
     sym = np.where(compact, nxt == _SYM_COMPACT, (nxt == _SYM_SPACED) & (u16[quote + 9] == _SP_Q))
     if sym.all():
-        return quote + np.where(compact, 9, 11), False
+        return quote + np.where(compact, 9, 11), None
     pair = np.where(
         compact,
         (nxt == _PAIR_COMPACT) & (a[quote + 9] == 0x22),
         (nxt == _PAIR_SPACED) & (u16[quote + 9] == _COLON_SP) & (a[quote + 11] == 0x22),
     )
+    kind = np.where(sym, KEY_SYM, KEY_PAIR).astype(np.uint8)
     if not (sym | pair).all():
-        return None
-    return quote + np.where(compact, np.where(sym, 9, 10), np.where(sym, 11, 12)), True
+        forex = (ev_len == 1) & (a[ev_at] == 0x43)  # ev "C", a forex quote: its pair is in p
+        p = forex & np.where(compact, (nxt & _M6) == _P_COMPACT, nxt == _P_SPACED)
+        if not (sym | pair | p).all():
+            return None
+        kind[p] = KEY_P
+    at = quote + np.where(compact, np.where(sym, 9, 10), np.where(sym, 11, 12))
+    keyed_p = kind == KEY_P
+    at[keyed_p] = (quote + np.where(compact, 7, 9))[keyed_p]
+    return at, kind
 
 
-def _without_sym_key(a: np.ndarray, starts, ends, hdr) -> bool:
-    """Whether no payload can hold a "sym" key: no "y" and no backslash outside the frame headers.
+def _keys_decide(a: np.ndarray, starts, ends, hdr, close, kind) -> bool:
+    """Whether the keys found decide the instrument: no object keyed by pair holds a "sym" key,
+    and no forex quote keyed by p holds a "sym" or "pair" key, wherever in the object.
 
-    An object that names its instrument "pair" goes by "sym" if it also has that key (the
-    placement rule of tb.route.fast_rules), wherever in the object; this rules it out."""
+    The placement rule (tb.route.fast_rules) is sym, else pair, else p: an object whose first
+    key names its instrument another way goes by sym or pair if it has that key. Ruled out by
+    bytes: such an object holds no "y" (nor "r", for p) and no backslash (an escaped key)."""
     lo, hi = int(starts[0]), int(ends[-1])
+    chars = b"y\\r" if (kind == KEY_P).any() else b"y\\"
+    saved = a[hdr]
+    a[hdr] = 0x20  # a frame header's byte is no key's
+    try:
+        if not _holds_any(a, lo, hi, chars):
+            return True
+        region = a[lo:hi]
+        hit = region == chars[0]
+        for c in chars[1:]:
+            hit |= region == c
+        at = np.flatnonzero(hit) + lo
+    finally:
+        a[hdr] = saved
+    # each hit lies in an object (between objects are only separators): the first that ends
+    # at or after it
+    owner = kind[np.searchsorted(close, at)]
+    return not (((owner == KEY_PAIR) & (a[at] != 0x72)) | (owner == KEY_P)).any()
+
+
+def _holds_any(a: np.ndarray, lo: int, hi: int, chars: bytes) -> bool:
+    """Whether a[lo:hi] holds any of `chars`: by the bytes' own find (memchr) when `a` is
+    np.frombuffer of a bytearray (the balancer's arena), else by numpy."""
+    base = a.base
+    buf = base.obj if isinstance(base, memoryview) else None
+    if isinstance(buf, bytearray) and base.nbytes == a.nbytes == len(buf):
+        return any(buf.find(c, lo, hi) >= 0 for c in chars)
     region = a[lo:hi]
-    hits = np.flatnonzero((region == 0x79) | (region == 0x5C)) + lo
-    return not len(hits) or bool(np.isin(hits, hdr).all())
+    return any(bool((region == c).any()) for c in chars)
 
 
 def _rows(buf: np.ndarray, count: int, width: int) -> np.ndarray:
@@ -508,14 +557,19 @@ def _empty(npipes: int) -> RouteBatch:
     return RouteBatch(runs=[None] * npipes, counts=[0] * npipes)
 
 
-# One object of the small lane and what follows it, as route_spans reads it: the one-byte-ev
-# prefix, compact or spaced; the symbol up to the first quote (1..SYM_ROW-1 bytes); the object up
+# One object of the small lane and what follows it, as route_spans reads it: a prefix, compact
+# or spaced -- a one-byte ev and sym, an ev of 1-7 bytes and pair, or ev "C" and p -- and the
+# instrument up to the first quote (1..SYM_ROW-1 bytes; its group says which key); the object up
 # to the first "}"; then "," with at most one space, or the message's closing "]" -- followed by
 # "\n[" and the next message, or the end. Every byte is printable ASCII without a backslash
 # (else the general path decides), so "\n" is in none of the classes.
+_CH = rb"[ !#-\[\]-~]"  # a byte of a string without quote or backslash
 _SMALL_OBJECT = re.compile(
-    rb'(\{"ev":(?:"[ !#-\[\]-~]","sym":"| "[ !#-\[\]-~]", "sym": ")([ !#-\[\]-~]{1,%d})"'
-    rb"[ -\[\]-|~]*\})(, ?|\]\n\[|\]\Z)" % (SYM_ROW - 1)
+    rb'((?:\{"ev":(?:"%s","sym":"| "%s", "sym": ")(%s{1,%d})"|'
+    rb'\{"ev":(?: "(?!status")%s{1,7}", "pair": "|"(?!status")%s{1,7}","pair":")(%s{1,%d})"|'
+    rb'\{"ev":(?:"C","p":"| "C", "p": ")(%s{1,%d})"'
+    rb")[ -\[\]-|~]*\})(, ?|\]\n\[|\]\Z)"
+    % (_CH, _CH, _CH, SYM_ROW - 1, _CH, _CH, _CH, SYM_ROW - 1, _CH, SYM_ROW - 1)
 )
 _LEN4 = [k.to_bytes(4, "little") for k in range(4096)]  # record headers, made once
 
@@ -543,7 +597,18 @@ def route_small(
     used: list[int] = []
     len4 = _LEN4
     covered = 1
-    for obj, sym, sep in found:
+    for obj, sym, pair, fx, sep in found:
+        if not sym:
+            # named by pair or p: unless the object has a sym key (or, for p, a pair key)
+            # further on (the placement rule, tb.route.fast_rules); none can be escaped here
+            if pair:
+                sym = pair
+                if b"y" in obj:
+                    return None
+            else:
+                sym = fx
+                if b"y" in obj or b"r" in obj:
+                    return None
         try:
             pipe = cache[sym]
         except KeyError:

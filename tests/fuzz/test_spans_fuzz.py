@@ -15,32 +15,36 @@ from stream_strategies import mutated
 SETTINGS = settings(max_examples=35, deadline=None, suppress_health_check=list(HealthCheck))
 SYMBOLS = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ.:-0123456789", min_size=1, max_size=33)
 EXTRA = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=250)
+EVENTS = ["T"] * 5 + ["Q", "AM", "LULDXYZ", "XT", "C", "status"]
 
 
-def trade(sym: str, q: int, extra: str, spaced: bool, ev: str = "T", key: str = "sym") -> str:
-    obj = {"ev": ev, key: sym, "i": str(q), "x": 4, "p": 1.5, "s": 1, "t": 1, "q": q}
+def trade(
+    sym: str, q: int, extra: str, spaced: bool, ev: str = "T", key: str = "sym", more: str = "note"
+) -> str:
+    if key == "p":  # a forex quote: its pair in p, first after ev
+        obj = {"ev": ev, "p": sym, "x": 48, "a": 6.83, "b": 6.82, "t": q}
+    else:
+        obj = {"ev": ev, key: sym, "i": str(q), "x": 4, "p": 1.5, "s": 1, "t": 1, "q": q}
     if extra:
-        obj["note"] = extra
+        obj[more] = extra  # a note, or a second instrument key further on
     return json.dumps(obj, separators=(", ", ": ") if spaced else (",", ":"))
 
 
 @st.composite
 def feed_batches(draw) -> list[bytes]:
     spaced = draw(st.booleans())
-    key = draw(st.sampled_from(["sym", "sym", "pair"]))  # pair: crypto, forex
+    # a batch of one kind, or mixed: sym (stocks), pair (crypto, forex aggregates), forex quotes
+    kinds = draw(
+        st.sampled_from([["sym"], ["sym"], ["pair"], ["p"], ["pair", "p"], ["sym", "pair"]])
+    )
     out = []
     for _ in range(draw(st.integers(1, 12))):
-        objs = [
-            trade(
-                draw(SYMBOLS),
-                q,
-                draw(EXTRA),
-                spaced,
-                draw(st.sampled_from(["T"] * 5 + ["Q", "AM", "LULDXYZ"])),
-                key,
-            )
-            for q in range(draw(st.integers(0, 8)))
-        ]
+        objs = []
+        for q in range(draw(st.integers(0, 8))):
+            key = draw(st.sampled_from(kinds))
+            ev = "C" if key == "p" else draw(st.sampled_from(EVENTS))
+            more = draw(st.sampled_from(["note"] * 6 + ["sym", "pair", "p"]))
+            objs.append(trade(draw(SYMBOLS), q, draw(EXTRA), spaced, ev, key, more))
         out.append(("[" + (", " if spaced else ",").join(objs) + "]").encode())
     return out
 

@@ -123,7 +123,6 @@ def test_long_records_long_symbols_and_the_arena_start():
         b'[{"ev":"T","sym":"A","n":"},{"}]',  # braces in a string
         b'[{"ev":"T","sym":"' + b"S" * 32 + b'"}]',  # a symbol longer than the row
         b'[{"ev":"T","sym":"A"} ,{"ev":"T","sym":"B"}]',  # odd whitespace
-        b'[{"ev":"XA","pair":"BTC-USD","p":1}]',  # crypto: the pair key
     ],
 )
 def test_declines_what_is_not_feed_shaped(odd):
@@ -370,10 +369,66 @@ def test_crypto_pairs_take_the_span_router(spaced):
     a, starts, ends = arena_of(payloads)
     got = route_spans(a, starts, ends, 5)
     assert got is not None and same(got, Router(5).route_python(payloads))
-    # with a sym object in the batch its "y" rules the check out: the general way
-    payloads.append(message([trade("AAPL", 7, spaced=spaced)], spaced))
+    # a sym object in the batch: its "y" is its own key's, no rival to a pair
+    payloads.append(message([trade("AAPL", 7, spaced=spaced), crypto("BTC-USD", 9)], spaced))
     a, starts, ends = arena_of(payloads)
-    assert route_spans(a, starts, ends, 5) is None
+    got = route_spans(a, starts, ends, 5)
+    assert got is not None and same(got, Router(5).route_python(payloads))
+    assert same(small(payloads, 5), Router(5).route_python(payloads))
+
+
+def forex(name: str, q: int, spaced: bool = False, **extra) -> bytes:
+    obj = {"ev": "C", "p": name, "x": 48, "a": 6.83366, "b": 6.83363, "t": 1536036818784 + q}
+    obj.update(extra)
+    return json.dumps(obj, separators=(", ", ": ") if spaced else (",", ":")).encode()
+
+
+def aggregate(pair: str, q: int, spaced: bool = False) -> bytes:
+    obj = {"ev": "CA", "pair": pair, "o": 1.1, "c": 1.2, "h": 1.3, "l": 1.0, "v": q, "s": 1}
+    return json.dumps(obj, separators=(", ", ": ") if spaced else (",", ":")).encode()
+
+
+@pytest.mark.parametrize("spaced", [False, True])
+@pytest.mark.parametrize("hash_name", ["mixed", "compat"])
+def test_forex_quotes_keyed_by_p_take_the_span_router(spaced, hash_name):
+    # forex quotes (ev C) name the pair in p; with the forex aggregates (pair) in the same batch
+    pairs = ["USD/CNH", "EUR/USD", "GBP/JPY", "C:XAUUSD"]
+    payloads = [
+        message([forex(p, q, spaced) for q, p in enumerate(pairs)], spaced),
+        message([aggregate("USD/EUR", 1, spaced), forex("EUR/USD", 9, spaced)], spaced),
+        message([forex("USD/CNH", 10, spaced)], spaced),
+    ]
+    ref = Router(5, hash=hash_name).route_python(payloads)
+    assert ref.routed == 7 and not ref.fallback
+    a, starts, ends = arena_of(payloads)
+    got = route_spans(a, starts, ends, 5, hash_name)
+    assert got is not None and same(got, ref)
+    frames = route_frames(a, 0, int(ends[-1]), 16 << 20, 5, hash_name)
+    assert frames is not None and frames[0] is not None and same(frames[0], ref)
+    assert same(small(payloads, 5, hash_name), ref)
+    # an array that is not the balancer's bytearray arena: the same by numpy's own search
+    copy = np.array(a)
+    assert copy.base is None and same(route_spans(copy, starts, ends, 5, hash_name), ref)
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        forex("USD/CNH", 1, sym="AAPL"),  # sym wins over p
+        forex("USD/CNH", 1, pair="EUR/USD"),  # and pair does
+        forex("USD/CNH", 1, note="\\u0070air"),  # escaped: the general way decodes it
+        b'{"ev":"CA","p":"USD/CNH","x":1}',  # p names the pair only in a quote (C)
+        b'{"ev":"status","pair":"USD/CNH","message":"x"}',  # a status, whatever its keys
+        b'{"ev":"status","sym":"AAPL","message":"x"}',
+    ],
+)
+def test_a_forex_quote_with_another_instrument_key_goes_the_general_way(odd):
+    payloads = [message([forex("EUR/USD", 0), odd])]
+    ref = Router(64).route_python(payloads)
+    a, starts, ends = arena_of(payloads)
+    assert route_spans(a, starts, ends, 64) is None
+    assert small(payloads, 64) is None
+    assert same(Router(64).route(payloads), ref)
 
 
 def test_a_pair_object_with_a_sym_key_goes_by_sym():
