@@ -95,6 +95,11 @@ def expected_events(payloads) -> list[dict]:
     return out
 
 
+def instrument(obj: dict) -> str:
+    """The placement rule: sym, else pair, else (a forex quote) p."""
+    return obj["sym"] if "sym" in obj else obj["pair"] if "pair" in obj else obj["p"]
+
+
 def check_delivery(log: list[dict], payloads, npipes: int, hash_name: str = "mixed") -> None:
     """Every event sent arrived exactly once, byte-exact JSON, per-symbol order kept, one pipe per
     symbol, and the pipe is the documented hash of the symbol."""
@@ -107,12 +112,13 @@ def check_delivery(log: list[dict], payloads, npipes: int, hash_name: str = "mix
     assert sorted(map(key, got)) == sorted(map(key, sent)), "the multiset of events differs"
     per_sym_sent: dict[str, list[str]] = {}
     for o in sent:
-        per_sym_sent.setdefault(o["sym"], []).append(key(o))
+        per_sym_sent.setdefault(instrument(o), []).append(key(o))
     per_sym_got: dict[str, list[str]] = {}
     pipe_of: dict[str, int] = {}
     for r, o in zip(log, got, strict=True):
-        per_sym_got.setdefault(o["sym"], []).append(key(o))
-        assert pipe_of.setdefault(o["sym"], r["pipe"]) == r["pipe"], f"{o['sym']} on two pipes"
+        sym = instrument(o)
+        per_sym_got.setdefault(sym, []).append(key(o))
+        assert pipe_of.setdefault(sym, r["pipe"]) == r["pipe"], f"{sym} on two pipes"
     assert per_sym_got == per_sym_sent, "per-symbol order differs"
     pick = HASHES[hash_name]
     for sym, pipe in pipe_of.items():

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import random
 import sys
 
 import pytest
 from harness import VERIFY_WORKER, check_delivery, expected_events, read_log, run_tb
 
-from tb.capture import read_capture
+from tb.capture import CaptureWriter, read_capture
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +63,49 @@ def test_every_trade_arrives_once_in_order(
     counters = dict(kv.split("=", 1) for kv in final[0].split() if "=" in kv)
     assert int(counters["statuses"]) <= int(counters["general"]) < n // 2, final[0]
     assert "Traceback" not in proc.stderr
+
+
+def forex_capture(path, messages: int, seed: int) -> list[bytes]:
+    """Forex quotes (ev C, the pair in p) with aggregates (ev CA, pair) among them, in messages
+    of 1-5 events and now and then a burst of 300."""
+    rng = random.Random(seed)
+    pairs = [f"{a}/{b}" for a in CURRENCIES for b in CURRENCIES if a != b]
+    payloads = []
+    with CaptureWriter(path) as w:
+        for _ in range(messages):
+            objs = []
+            for _ in range(300 if rng.random() < 0.02 else rng.randint(1, 5)):
+                pair, t = rng.choice(pairs), 1536036818784 + rng.randrange(10**6)
+                if rng.random() < 0.9:
+                    obj = {"ev": "C", "p": pair, "x": 48, "a": rng.random(), "b": 1.5, "t": t}
+                else:
+                    obj = {"ev": "CA", "pair": pair, "o": 1.1, "c": 1.2, "v": 9, "s": t}
+                objs.append(obj)
+            payloads.append(json.dumps(objs, separators=(",", ":")).encode())
+            w.write(payloads[-1])
+    return payloads
+
+
+CURRENCIES = ["USD", "EUR", "GBP", "JPY", "AUD", "CAD", "CHF", "NZD", "CNH", "SEK", "NOK", "MXN"]
+
+
+@pytest.mark.parametrize("hash_name", ["mixed", "compat"])
+def test_a_forex_feed_arrives_by_pair_on_the_span_router(tmp_path, replay_factory, hash_name):
+    payloads = forex_capture(tmp_path / "forex.tbcap", 3000, seed=11)
+    replay = replay_factory(str(tmp_path / "forex.tbcap"), "--close-after")
+    log = tmp_path / "log.jsonl"
+    proc = run_tb(
+        ["run", replay.url + "/forex", "--pipes", "6", "--key", "k", "--once", "--hash",
+         hash_name, "--workdir", str(tmp_path), "--", *worker(log)]
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    check_delivery(read_log(log), payloads, 6, hash_name)
+    n = len(expected_events(payloads))
+    final = [line for line in proc.stderr.splitlines() if "tb: final" in line]
+    assert final and f"routed={n} written={n} queued=0" in final[0], proc.stderr[-2000:]
+    # only the server's statuses take the general router
+    counters = dict(kv.split("=", 1) for kv in final[0].split() if "=" in kv)
+    assert int(counters["general"]) == int(counters["statuses"]), final[0]
 
 
 def test_lb_positional_form_is_the_original_cli(tmp_path, captures, replay_factory):
