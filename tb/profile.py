@@ -5,8 +5,10 @@ runs) serves a cached synthetic capture; the balancer under test (`tb run`, or a
 C original's positional CLI via --balancer) routes it to `tb.pipes.count_worker`, which counts
 records at memchr speed and keeps its running total in a small mmap'd file. This process samples
 that total and the balancer's CPU time (/proc/PID/stat) and RSS every 10 ms. CPU per million
-trades is the balancer's CPU between the worker's first and last record, divided by the records:
-the same yardstick for every balancer, start-up and shutdown excluded. For `tb run` the report
+trades is the balancer's CPU from the server's first streamed trade (it prints "streaming to
+ADDR") to the worker's last record, divided by the records: the same yardstick for every
+balancer, start-up and shutdown excluded. (Not from the worker's first record: a balancer may
+route a few hundred thousand trades into the pipes before a slow-starting worker reads one.) For `tb run` the report
 adds tb's own counters: syscalls per trade, time per stage (a large receive's frames are found
 inside route), the busiest pipe's share.
 
@@ -30,13 +32,14 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tb.cli import CLIError, add_logging_arguments, microseconds
 from tb.pipes.count_worker import progress_size, read_progress
-from tb.replay import LISTENING
+from tb.replay import LISTENING, STREAMING_TO
 
 __all__ = ["add_parser", "main", "ProfileResult", "run_profile"]
 
@@ -244,6 +247,7 @@ def run_profile(args: argparse.Namespace, live: bool = True) -> ProfileResult:
     latency = args.workload == "trickle"
     server = replay = None
     send_log: list = []
+    streamed: list[float] = []  # when the server started streaming trades (time.monotonic)
     try:
         if rate is None:
             cmd = [py, "-m", "tb", "replay", str(cap), "--listen", "127.0.0.1:0"]
@@ -257,6 +261,9 @@ def run_profile(args: argparse.Namespace, live: bool = True) -> ProfileResult:
                 res.error = "the replay server did not start"
                 return res
             url = m.group(1)
+            threading.Thread(
+                target=_stamp_streaming, args=(replay.stdout, streamed), daemon=True
+            ).start()
         else:
             from tb.capture import read_capture
             from tb.replay import ReplayServer
@@ -267,10 +274,16 @@ def run_profile(args: argparse.Namespace, live: bool = True) -> ProfileResult:
                 from tb.transport import self_signed_context
 
                 ctx, _ = self_signed_context(str(work / "cert.pem"), ktls=args.tls == "ktls")
-            server = ReplayServer(payloads, rate=rate, send_log=send_log, ssl_context=ctx)
+            server = ReplayServer(
+                payloads,
+                rate=rate,
+                send_log=send_log,
+                ssl_context=ctx,
+                on_streaming=lambda peer: streamed.append(time.monotonic()),
+            )
             server.start()
             url = server.url
-        res = _measure(args, res, url + "/stocks", work, latency, live)
+        res = _measure(args, res, url + "/stocks", work, latency, live, streamed)
         if latency and res.ok:
             if (work / "worker.json").exists():
                 res.latency_us = _latency(work / "worker.json", payloads, send_log)
@@ -305,8 +318,21 @@ def _balancer_cmd(args, url: str, work: Path, worker: list[str]) -> list[str]:
     return [*cmd, "--", *worker]
 
 
+def _stamp_streaming(lines, streamed: list[float]) -> None:
+    """Stamp when the replay server prints that it started streaming (its stdout, flushed)."""
+    for line in lines:
+        if not streamed and STREAMING_TO.search(line):
+            streamed.append(time.monotonic())
+
+
 def _measure(
-    args, res: ProfileResult, url: str, work: Path, latency: bool, live: bool
+    args,
+    res: ProfileResult,
+    url: str,
+    work: Path,
+    latency: bool,
+    live: bool,
+    streamed: list[float],
 ) -> ProfileResult:
     progress_path = work / "progress"
     worker = [sys.executable, "-m", "tb.pipes.count_worker", "--out", str(work / "worker.json"),
@@ -370,6 +396,10 @@ def _measure(
     delivered, first, last, per_pipe = progress.snapshot()
     res.delivered = delivered
     if not res.error and delivered:
+        # From the server's first trade (the balancer may route many before a slow-starting
+        # worker reads its first record: those count too) to the worker's last record.
+        if streamed:
+            first = min(first, streamed[0])
         res.seconds = last - first
         res.trades_per_s = delivered / res.seconds if res.seconds > 0 else 0.0
         res.cpu_s = _interp(samples, last) - _interp(samples, first)

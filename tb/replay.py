@@ -33,7 +33,7 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,6 +80,7 @@ def _status(status: str, message: str) -> bytes:
 
 #: The line `tb replay` prints once it listens; group 1 is the URL (tb demo, tb profile, tests).
 LISTENING = re.compile(r"listening on (wss?://\S+)")
+STREAMING_TO = re.compile(r"streaming to (\S+)")  # printed when a client starts getting trades
 
 
 def count_trades(payload: bytes) -> int:
@@ -145,6 +146,8 @@ class ReplayServer:
         ssl_context: serve wss:// (each connection's handshake runs in its own thread).
         send_log: if a list, (first_message, last_message, time.monotonic_ns()) is appended each
             time a slice of frames has gone to the kernel (tb profile's latency measurement).
+        on_streaming: called with the client's address (from the connection's thread) when a
+            client has subscribed and its trades start (tb replay prints "streaming to ADDR").
 
     ``connections`` counts accepted connections, ``finished`` those whose thread has ended,
     ``completed`` those that received the whole stream, ``trades_sent`` trades sent in total.
@@ -163,6 +166,7 @@ class ReplayServer:
         max_connections: int | None = None,
         ssl_context: ssl.SSLContext | None = None,
         send_log: list | None = None,
+        on_streaming: Callable[[str], None] | None = None,
     ) -> None:
         if rate is not None and rate <= 0:
             raise ValueError("rate must be positive")
@@ -178,6 +182,7 @@ class ReplayServer:
         self.max_connections = max_connections
         self.ssl_context = ssl_context
         self.send_log = send_log
+        self.on_streaming = on_streaming
         self.connections = 0
         self.finished = 0
         self.completed = 0
@@ -561,6 +566,8 @@ class _Session:
         self.phase = STREAMING
         self.started = time.monotonic()
         log.info("%s: subscribed to %s; streaming", self.peer, params)
+        if self.server.on_streaming is not None:
+            self.server.on_streaming(self.peer)
         if self.stream.messages == 0:
             self._stream_done()
 
@@ -677,7 +684,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "capture, as fast as the client reads (or --rate). Each connection gets the whole "
             "capture from the start; the connection then stays open until the client leaves. "
             "Without FILE a synthetic feed is generated in memory (tb gen). Prints "
-            "'listening on ws://HOST:PORT' when ready."
+            "'listening on ws://HOST:PORT' when ready, and 'streaming to ADDR' when the first "
+            "client has subscribed and its trades start (both on stdout, flushed)."
         ),
         epilog=(
             "exit codes: 0 stopped (SIGINT/SIGTERM, or --once after the client), "
@@ -769,6 +777,22 @@ def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     return None
 
 
+def _print_first_streaming() -> Callable[[str], None]:
+    """on_streaming for the CLI: "streaming to ADDR" on stdout for the first client only (one
+    line: a parent that reads only the listening line never fills the pipe and blocks us)."""
+    done = threading.Event()
+
+    def on_streaming(peer: str) -> None:
+        if not done.is_set():
+            done.set()
+            try:
+                print(f"streaming to {peer}", flush=True)
+            except (OSError, ValueError):  # stdout closed by whoever started us
+                pass
+
+    return on_streaming
+
+
 def main(args: argparse.Namespace) -> int:
     """`tb replay`: load, listen, print the address, serve until stopped."""
     if not logging.getLogger().handlers:
@@ -793,6 +817,7 @@ def main(args: argparse.Namespace) -> int:
             repeat=args.repeat,
             max_connections=args.max_connections,
             ssl_context=_tls_context(args),
+            on_streaming=_print_first_streaming(),
         )
     except TransportError as exc:
         print(f"tb replay: {exc}", file=sys.stderr)

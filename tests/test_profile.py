@@ -70,6 +70,24 @@ def test_other_balancer_through_the_original_cli(tmp_path):
     assert int(r["tb"]["routed"]) == 2000  # tb lb prints the same summary line
 
 
+def test_the_window_starts_at_the_servers_first_trade(tmp_path):
+    # The balancer routes trades into its pipes (and queues the rest) from the first one the
+    # server streams, while its worker is still starting: that time and CPU count. Measured
+    # from the worker's first record, this run's 2 s head start would vanish from the window.
+    slow = tmp_path / "slow-worker-lb"
+    slow.write_text(
+        "#!/bin/sh\n"
+        "key=$1 url=$2 n=$3 dir=$4; shift 4\n"
+        f'exec {sys.executable} -m tb lb "$key" "$url" "$n" "$dir" '
+        """/bin/sh -c 'sleep 2; exec "$@"' sh "$@"\n"""
+    )
+    slow.chmod(0o755)
+    r = profile(tmp_path, "--workload", "quiet", "--trades", "30000", "--balancer", str(slow))
+    assert r["ok"] and r["delivered"] == 30000
+    assert r["seconds"] > 1.0, r["seconds"]
+    assert r["trades_per_s"] < 30000, r["trades_per_s"]
+
+
 @pytest.mark.parametrize(
     "option", [["--busy-poll", "100"], ["--loop", "epoll"], ["--hash", "compat"], ["--no-splice"]]
 )

@@ -261,10 +261,11 @@ def test_cli_serves_a_json_lines_capture_once(tmp_path, payloads):
             assert _receive(ws, 4) == payloads[:4]
             with pytest.raises(ConnectionClosed):
                 ws.recv(timeout=TIMEOUT)
-        _, err = proc.communicate(timeout=TIMEOUT)
+        out, err = proc.communicate(timeout=TIMEOUT)
     finally:
         proc.kill()
     assert proc.returncode == 0
+    assert re.fullmatch(r"streaming to 127\.0\.0\.1:\d+\n", out), out  # (tb profile stamps it)
     trades = sum(count_trades(p) for p in payloads[:4])
     assert f"sent {trades} trades in 4 messages" in err
     assert "Traceback" not in err
