@@ -28,6 +28,7 @@ import mmap
 import os
 import shlex
 import signal
+import statistics
 import struct
 import subprocess
 import sys
@@ -70,6 +71,7 @@ class ProfileResult:
     cpu_s: float = 0.0
     cpu_s_per_million: float = 0.0
     max_rss_mib: float = 0.0
+    median_rss_mib: float = 0.0  # over the window (while trades flow): the steady state
     max_pipe_share: float = 0.0
     fair_share: float = 0.0
     latency_us: dict = field(default_factory=dict)
@@ -352,6 +354,7 @@ def _measure(
     samples: list[tuple[float, int, float]] = []
     t0 = time.monotonic()
     max_rss = 0
+    rss: list[int] = []  # per sample
     last_print = 0.0
     delivered = 0
     try:
@@ -363,6 +366,7 @@ def _measure(
                 res.error = f"the balancer exited early (see {err_path})"
                 break
             samples.append((now, delivered, got[0]))
+            rss.append(got[1])
             max_rss = max(max_rss, got[1])
             if live and now - last_print >= 0.5:
                 last_print = now
@@ -403,6 +407,8 @@ def _measure(
         res.seconds = last - first
         res.trades_per_s = delivered / res.seconds if res.seconds > 0 else 0.0
         res.cpu_s = _interp(samples, last) - _interp(samples, first)
+        during = [m for (t, _, _), m in zip(samples, rss, strict=True) if first <= t <= last]
+        res.median_rss_mib = statistics.median(during or rss or [0]) / (1 << 20)
         res.cpu_s_per_million = res.cpu_s / (delivered / 1e6)
         res.max_pipe_share = max(per_pipe) / max(1, sum(per_pipe))
         res.fair_share = 1 / len(per_pipe)
@@ -492,7 +498,8 @@ def format_result(r: ProfileResult) -> str:
         f"  balancer CPU        {r.cpu_s:.3f} s = {r.cpu_s_per_million:.3f} CPU s per million trades",
         f"  busiest pipe        {r.max_pipe_share * 100:.1f}% of trades"
         f" ({r.max_pipe_share / r.fair_share if r.fair_share else 0:.2f}x the fair share)",
-        f"  balancer max RSS    {r.max_rss_mib:.0f} MiB",
+        f"  balancer RSS        {r.median_rss_mib:.0f} MiB median while trades flow,"
+        f" {r.max_rss_mib:.0f} MiB at most",
     ]
     if r.tb:
         lines += [

@@ -32,6 +32,9 @@ def test_quiet_run_reports_tb_counters(tmp_path):
     assert int(r["tb"]["routed"]) == 30000 and int(r["tb"]["malformed"]) == 0
     assert 0 < float(r["tb"]["syscalls_per_trade"]) < 3
     assert r["fair_share"] == pytest.approx(0.25) and r["max_pipe_share"] >= 0.25
+    # a Python process with numpy, a 16 MiB arena: tens of MiB (the median is taken while
+    # trades flow)
+    assert 20 < r["median_rss_mib"] <= r["max_rss_mib"] < 1024
 
 
 @pytest.mark.parametrize(
