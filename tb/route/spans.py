@@ -83,6 +83,9 @@ _COLON_SP = _le(b": ")
 # '{"ev": "' X '", "sym' '": "' (20 bytes)
 _ONE_COMPACT_TAIL = _le(b'","sym":')
 _ONE_SPACED_TAIL, _ONE_SPACED_END = _le(b'", "sym'), _le(b'": "')
+# the pair lane, a two-byte ev (crypto XT/XQ/XA, forex CA) keyed by pair, compact:
+# '{"ev":"' XY '","pair":"' (19 bytes)
+_TWO_PAIR_TAIL, _TWO_PAIR_END, _M3 = _le(b'","pair'), _le(b'":"'), _U64((1 << 24) - 1)
 # _LOW_BYTES[k]: a mask of the low k bytes of a word
 _BYTE = _U64(0xFF)
 # the long-symbol lane: a row's quote flags as one unsigned int (SYM_ROW bits), and
@@ -361,6 +364,12 @@ def _route_objects(
         sym_at = start + 17
         first_word = after >> _U64(8)  # 7 symbol bytes; the top byte (0) is never a quote
         known = 7
+    elif _pair_lane(head, obj[:, 1], after):
+        sym_at = start + 19
+        if not _keys_decide(a, starts, ends, hdr, close, np.full(n, KEY_PAIR, np.uint8)):
+            return None
+        first_word = w64[sym_at]
+        known = 8
     else:
         spaced = (
             (head == _SPACED)
@@ -414,6 +423,18 @@ def _route_objects(
     # uint8 pipe numbers: numpy's stable radix sort takes one pass over them
     pipes = pipes.astype(np.uint8 if npipes <= 256 else np.uint16)
     return _build(a, start, close, pipes, npipes, scratch)
+
+
+def _pair_lane(head: np.ndarray, second: np.ndarray, after: np.ndarray) -> bool:
+    """Whether every object starts '{"ev":"' XY '","pair":"', X and Y no quote (from its first
+    three words): a two-byte ev keyed by pair, the pair at byte 19. (A backslash, in ev or
+    anywhere, sends the batch the general way: _keys_decide.)"""
+    if not (((head & _M7) == _COMPACT) & ((second >> _U64(8)) == _TWO_PAIR_TAIL)).all():
+        return False
+    if not ((after & _M3) == _TWO_PAIR_END).all():
+        return False
+    ev = (head >> _U64(56)) | ((second & _BYTE) << _U64(8))  # the two ev bytes, zeros above
+    return not _has_byte(ev, 0x22)
 
 
 def _sym_positions(a: np.ndarray, w64: np.ndarray, start: np.ndarray, head: np.ndarray):

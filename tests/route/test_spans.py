@@ -377,6 +377,43 @@ def test_crypto_pairs_take_the_span_router(spaced):
     assert same(small(payloads, 5), Router(5).route_python(payloads))
 
 
+@pytest.mark.parametrize("hash_name", ["mixed", "compat"])
+def test_two_byte_events_keyed_by_pair(hash_name):
+    # crypto trades and quotes, forex aggregates: '{"ev":"XY","pair":"' on the pair lane, with
+    # pairs of 7 bytes and longer (a second word, the long-symbol rows)
+    pairs = ["BTC-USD", "DOGE-USD", "X:1INCHUSD", "EUR/USD", "A"]
+    quote = b'{"ev":"XQ","pair":"ETH-USD","bp":1.5,"bs":2,"ap":1.6,"as":3,"t":1,"x":1}'
+    payloads = [
+        message([crypto(p, q) for q, p in enumerate(pairs)] + [quote, aggregate("USD/CNH", 5)]),
+        message([aggregate("GBP/JPY", 6)]),
+    ]
+    ref = Router(7, hash=hash_name).route_python(payloads)
+    assert ref.routed == 8 and not ref.fallback
+    a, starts, ends = arena_of(payloads)
+    got = route_spans(a, starts, ends, 7, hash_name)
+    assert got is not None and same(got, ref)
+    frames = route_frames(a, 0, int(ends[-1]), 16 << 20, 7, hash_name)
+    assert frames is not None and frames[0] is not None and same(frames[0], ref)
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        b'{"ev":"\\"","pair":"BTC-USD","p":1}',  # ev '"', escaped: the general way decodes it
+        b'{"ev":"\\\\","pair":"BTC-USD","p":1}',  # ev a backslash, escaped
+        b'{"ev":"XT","pair":"BTC-USD","sym":"AAPL"}',  # sym wins over pair
+        b'{"ev":"X"","pair":"BTC-USD","p":1}',  # not JSON: malformed, the others kept
+    ],
+)
+def test_the_pair_lane_leaves_what_it_cannot_decide_to_the_general_way(odd):
+    payloads = [message([crypto("ETH-USD", 0), odd, crypto("BTC-USD", 2)])]
+    ref = Router(64).route_python(payloads)
+    assert ref.routed == 3 or ref.malformed == 1
+    a, starts, ends = arena_of(payloads)
+    assert route_spans(a, starts, ends, 64) is None
+    assert same(Router(64).route(payloads), ref)
+
+
 def forex(name: str, q: int, spaced: bool = False, **extra) -> bytes:
     obj = {"ev": "C", "p": name, "x": 48, "a": 6.83366, "b": 6.83363, "t": 1536036818784 + q}
     obj.update(extra)
