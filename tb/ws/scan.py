@@ -25,7 +25,7 @@ from codecs import utf_8_decode
 
 import numpy as np
 
-__all__ = ["scan_data_frames", "utf8_errors", "as_list", "SMALL_FRAME"]
+__all__ = ["scan_data_frames", "one_text_frame", "utf8_errors", "as_list", "SMALL_FRAME"]
 
 SMALL_FRAME = 2048  # mean payload size below which the vectorized strategy pays (measured)
 _PROBE = 16  # frames scanned in Python before choosing a strategy
@@ -69,6 +69,23 @@ def scan_data_frames(
     # Plain lists from the Python strategy: a few frames are cheaper to hand on as lists than
     # as arrays (callers take either: len, indexing, iteration).
     return starts, ends, ops, p
+
+
+def one_text_frame(view: memoryview, pos: int, end: int, max_message: int) -> int:
+    """Where the payload starts if view[pos:end] is exactly one final, unmasked TEXT frame with
+    a 7- or 16-bit length, else -1 (a trickle's usual receive: what scan_data_frames would find,
+    without its loop)."""
+    if end - pos < 2 or view[pos] != 0x81:
+        return -1
+    b1 = view[pos + 1]
+    if b1 < 126:
+        s = pos + 2
+        return s if s + b1 == end and b1 <= max_message else -1
+    if b1 != 126 or end - pos < 4:
+        return -1
+    s = pos + 4
+    n = (view[pos + 2] << 8) | view[pos + 3]
+    return s if s + n == end and n <= max_message else -1
 
 
 def _scan_python(
