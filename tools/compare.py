@@ -80,14 +80,18 @@ def main() -> int:
             if workload == "trickle":
                 lat = (f"{statistics.median(r.latency_us.get('p50', 0) for r in rs):,.0f} / "
                        f"{statistics.median(r.latency_us.get('p99', 0) for r in rs):,.0f}")  # fmt: skip
-            rows.append((workload, name, cpu, cpu / base, rate, share, lat))
+            rss = (f"{statistics.median(r.median_rss_mib for r in rs):.0f} / "
+                   f"{max(r.max_rss_mib for r in rs):.0f}")  # fmt: skip
+            rows.append((workload, name, cpu, cpu / base, rate, share, lat, rss))
     print(
-        "| workload | balancer | CPU s per million trades | × tb | trades/s | busiest pipe | latency p50 / p99 µs |"
+        "| workload | balancer | CPU s per million trades | × tb | trades/s | busiest pipe"
+        " | latency p50 / p99 µs | RSS median / max MiB |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for workload, name, cpu, ratio, rate, share, lat in rows:
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for workload, name, cpu, ratio, rate, share, lat, rss in rows:
         print(
-            f"| {workload} | {name} | {cpu:.3f} | {ratio:.2f} | {rate:,.0f} | {share:.1f}% | {lat} |"
+            f"| {workload} | {name} | {cpu:.3f} | {ratio:.2f} | {rate:,.0f} | {share:.1f}%"
+            f" | {lat} | {rss} |"
         )
     return 0
 
