@@ -8,9 +8,10 @@ that total and the balancer's CPU time (/proc/PID/stat) and RSS every 10 ms. CPU
 trades is the balancer's CPU from the server's first streamed trade (it prints "streaming to
 ADDR") to the worker's last record, divided by the records: the same yardstick for every
 balancer, start-up and shutdown excluded. (Not from the worker's first record: a balancer may
-route a few hundred thousand trades into the pipes before a slow-starting worker reads one.) For `tb run` the report
-adds tb's own counters: syscalls per trade, time per stage (a large receive's frames are found
-inside route), the busiest pipe's share.
+route a few hundred thousand trades into the pipes before a slow-starting worker reads one.)
+RSS is reported as its median over that window (the steady state) and its peak. For `tb run`
+the report adds tb's own counters: syscalls per trade, time per stage (the frames of a large
+receive, or of a receive of one frame, are found inside route), the busiest pipe's share.
 
 Latency (`--workload trickle`): the server is paced and logs when each slice of frames went to
 the kernel; the worker stamps each record's `q` on arrival (CLOCK_MONOTONIC is shared by all
@@ -88,9 +89,11 @@ def add_parser(subparsers) -> None:
         "profile",
         help="measure the whole pipeline on loopback (trades/s, CPU per million, latency)",
         description="Run replay server -> balancer -> counting worker on loopback and report "
-        "trades/s, the balancer's CPU seconds per million trades, syscalls per trade, time per "
-        "stage, latency percentiles (trickle), RSS and the busiest pipe's share. The capture is "
-        "generated once and cached (~/.cache/tb or $TB_CACHE).",
+        "trades/s, the balancer's CPU seconds per million trades (from the server's first "
+        "streamed trade to the worker's last record), syscalls per trade, time per stage, "
+        "latency percentiles (trickle), RSS (median while trades flow, and peak) and the "
+        "busiest pipe's share. The capture is generated once and cached (~/.cache/tb or "
+        "$TB_CACHE).",
     )
     p.add_argument(
         "--workload",
