@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 
 from tb import __version__
 
-__all__ = ["main", "parse_size", "positive_int", "positive_float", "CLIError"]
+__all__ = ["main", "parse_size", "positive_int", "positive_float", "seconds", "count", "CLIError"]
 
 
 class CLIError(Exception):
@@ -71,6 +72,22 @@ def microseconds(text: str) -> int:
     return _whole(text, 0, " of microseconds", "0 or more")
 
 
+def seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds >= 0 (0 turns the option off, where it says so)."""
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds: {text!r}")
+    return value
+
+
+def count(text: str) -> int:
+    """An argparse type: a whole number >= 0 (underscores allowed)."""
+    return _whole(text, 0, "", "0 or more")
+
+
 def positive_float(text: str) -> float:
     """An argparse type: a number > 0."""
     try:
@@ -109,7 +126,7 @@ def add_run_arguments(p: argparse.ArgumentParser, *, positional: bool = True) ->
         "(the C original's (FNV-1a-64 >> 32) %% N, exactly)",
     )
     p.add_argument(
-        "--stats", type=float, default=0.0, metavar="SECONDS", help="print counters every SECONDS"
+        "--stats", type=seconds, default=0.0, metavar="SECONDS", help="print counters every SECONDS"
     )
     p.add_argument(
         "--once",
@@ -131,7 +148,7 @@ def add_run_arguments(p: argparse.ArgumentParser, *, positional: bool = True) ->
     )
     p.add_argument(
         "--overflow-timeout",
-        type=float,
+        type=seconds,
         default=30.0,
         metavar="SECONDS",
         help="how long the bound may hold before --on-overflow applies (default 30)",
@@ -183,14 +200,14 @@ def add_run_arguments(p: argparse.ArgumentParser, *, positional: bool = True) ->
     )
     p.add_argument(
         "--ping-interval",
-        type=float,
+        type=seconds,
         default=20.0,
         metavar="SECONDS",
         help="send a websocket ping this often (default 20; 0 = never)",
     )
     p.add_argument(
         "--idle-timeout",
-        type=float,
+        type=seconds,
         default=60.0,
         metavar="SECONDS",
         help="reconnect when nothing at all arrives for this long (default 60; 0 = never)",
@@ -217,7 +234,7 @@ def add_run_arguments(p: argparse.ArgumentParser, *, positional: bool = True) ->
     )
     p.add_argument(
         "--shutdown-timeout",
-        type=float,
+        type=seconds,
         default=10.0,
         help="seconds to flush the pipes and wait for the worker at exit (default 10)",
     )

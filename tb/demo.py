@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+from tb.cli import positive_int
 from tb.replay import LISTENING
 
 __all__ = ["add_parser", "main"]
@@ -32,14 +33,16 @@ def add_parser(subparsers) -> None:
         "against it with the example worker, show live progress and a final check that every "
         "trade the server sent reached the worker. Ends by itself.",
     )
-    p.add_argument("--trades", type=int, default=1_000_000, help="trades to send (default 1M)")
+    p.add_argument(
+        "--trades", type=positive_int, default=1_000_000, help="trades to send (default 1M)"
+    )
     p.add_argument(
         "--profile",
         choices=["burst", "quiet"],
         default="burst",
         help="frame profile (default burst)",
     )
-    p.add_argument("--pipes", type=int, default=4, help="pipes to the worker (default 4)")
+    p.add_argument("--pipes", type=positive_int, default=4, help="pipes to the worker (default 4)")
     p.add_argument("--out", default="tb-demo", help="output folder (default ./tb-demo)")
     p.add_argument(
         "--tls",

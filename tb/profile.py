@@ -39,7 +39,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tb.cli import CLIError, add_logging_arguments, microseconds
+from tb.cli import CLIError, add_logging_arguments, microseconds, positive_float, positive_int
 from tb.pipes.count_worker import progress_size, read_progress
 from tb.replay import LISTENING, STREAMING_TO
 
@@ -102,10 +102,14 @@ def add_parser(subparsers) -> None:
         help="burst (~350 trades/frame, unpaced), quiet (1-5 trades/frame, unpaced), "
         "trickle (quiet frames paced at --rate, measures latency)",
     )
-    p.add_argument("--trades", type=int, help="trades to send (burst 5M, quiet 1M, trickle 10 s)")
-    p.add_argument("--rate", type=float, help="paced trades/s (trickle default 2000)")
-    p.add_argument("--symbols", type=int, default=10000, help="distinct symbols (default 10000)")
-    p.add_argument("--pipes", type=int, default=32, help="pipes (default 32)")
+    p.add_argument(
+        "--trades", type=positive_int, help="trades to send (burst 5M, quiet 1M, trickle 10 s)"
+    )
+    p.add_argument("--rate", type=positive_float, help="paced trades/s (trickle default 2000)")
+    p.add_argument(
+        "--symbols", type=positive_int, default=10000, help="distinct symbols (default 10000)"
+    )
+    p.add_argument("--pipes", type=positive_int, default=32, help="pipes (default 32)")
     p.add_argument(
         "--loop",
         choices=["auto", "epoll", "uring"],
@@ -145,8 +149,12 @@ def add_parser(subparsers) -> None:
         help="trickle: the worker sleeps in poll (feed->worker latency, its wake-up included)"
         " instead of busy-polling (feed->pipe)",
     )
-    p.add_argument("--runs", type=int, default=1, help="repeat and report each run (default 1)")
-    p.add_argument("--timeout", type=float, default=300.0, help="give up on a run after SECONDS")
+    p.add_argument(
+        "--runs", type=positive_int, default=1, help="repeat and report each run (default 1)"
+    )
+    p.add_argument(
+        "--timeout", type=positive_float, default=300.0, help="give up on a run after SECONDS"
+    )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument(
         "--plot", metavar="PNG", help="draw throughput (and latency) to PNG (matplotlib)"
@@ -246,7 +254,12 @@ def run_profile(args: argparse.Namespace, live: bool = True) -> ProfileResult:
         res.splice = args.splice
     if getattr(args, "sleeping_worker", False):
         res.latency_kind = "feed->worker"
-    cap = cached_capture(gen_profile, trades, args.symbols)
+    try:
+        cap = cached_capture(gen_profile, trades, args.symbols)
+    except OSError as exc:
+        raise CLIError(
+            f"cannot write the capture cache ({exc.filename or 'TB_CACHE'}): {exc.strerror or exc}"
+        ) from None
     work = Path(tempfile.mkdtemp(prefix="tb-profile-"))
     py = sys.executable
     latency = args.workload == "trickle"
@@ -345,14 +358,19 @@ def _measure(
     if latency:
         worker += ["--latency"] if res.latency_kind == "feed->worker" else ["--latency", "--spin"]
     err_path = work / "balancer.log"
+    cmd = _balancer_cmd(args, url, work, worker)
     with open(err_path, "w") as err:
-        proc = subprocess.Popen(
-            _balancer_cmd(args, url, work, worker),
-            stdout=err,
-            stderr=err,
-            cwd=os.getcwd(),  # relative paths in --balancer CMD are the user's (WORKDIR is an argument)
-            start_new_session=True,
-        )
+        try:
+            proc = subprocess.Popen(
+                cmd,
+                stdout=err,
+                stderr=err,
+                cwd=os.getcwd(),  # relative paths in --balancer CMD are the user's (WORKDIR is an argument)
+                start_new_session=True,
+            )
+        except OSError as exc:  # not found, not executable
+            res.error = f"cannot start the balancer {cmd[0]}: {exc.strerror or exc}"
+            return res
     progress = _Progress(progress_path, args.pipes)
     samples: list[tuple[float, int, float]] = []
     t0 = time.monotonic()
@@ -569,6 +587,15 @@ def _plot(results: list[ProfileResult], path: str) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.balancer is not None:
+        try:
+            words = shlex.split(args.balancer)
+        except ValueError as exc:
+            raise CLIError(f"--balancer {args.balancer!r}: {exc}") from None
+        if not words:
+            raise CLIError("--balancer needs a command")
+    if args.plot and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
+        raise CLIError(f"--plot {args.plot}: no such directory")
     if args.balancer:
         given = [flag for k, (flag, default) in args.tb_only.items() if getattr(args, k) != default]
         if given:
@@ -587,7 +614,10 @@ def main(args: argparse.Namespace) -> int:
             r.pop("samples")
         print(json.dumps(out if len(out) > 1 else out[0], indent=2))
     if args.plot:
-        _plot(results, args.plot)
+        try:
+            _plot(results, args.plot)
+        except OSError as exc:
+            raise CLIError(f"cannot write --plot {args.plot}: {exc.strerror or exc}") from None
         if not args.json:
             print(f"tb profile: plot written to {args.plot}")
     return 0 if all(r.ok for r in results) else 1

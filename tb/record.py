@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 
-from tb.cli import add_logging_arguments
+from tb.cli import add_logging_arguments, count, seconds
 
 __all__ = ["add_parser", "main"]
 
@@ -34,9 +34,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--key", help="API key (else $POLYGON_API_KEY, else $MASSIVE_API_KEY)")
     p.add_argument("--key-file", help="read the API key from this file")
     p.add_argument("--subscribe", default="T.*", help="topics (default T.*)")
-    p.add_argument("--duration", type=float, default=0.0, help="stop after SECONDS")
-    p.add_argument("--messages", type=int, default=0, help="stop after N recorded messages")
-    p.add_argument("--trades", type=int, default=0, help="stop after N recorded events")
+    p.add_argument("--duration", type=seconds, default=0.0, help="stop after SECONDS")
+    p.add_argument("--messages", type=count, default=0, help="stop after N recorded messages")
+    p.add_argument("--trades", type=count, default=0, help="stop after N recorded events")
     p.add_argument("--cafile", help="CA bundle for wss://")
     p.add_argument("--insecure", action="store_true", help="do not verify the TLS certificate")
     add_logging_arguments(p)

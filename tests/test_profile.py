@@ -106,3 +106,44 @@ def test_tb_options_with_another_balancer_are_usage_errors(tmp_path, option):
     assert proc.stderr.strip() == (
         f"tb profile: error: {option[0]} applies to tb only, not to a --balancer command"
     )
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--trades", "-5"], "--trades"),
+        (["--pipes", "0"], "--pipes"),
+        (["--symbols", "0"], "--symbols"),
+        (["--rate", "0"], "--rate"),
+        (["--timeout", "0"], "--timeout"),
+        (["--runs", "0"], "--runs"),
+        (["--balancer", ""], "--balancer needs a command"),
+        (["--balancer", 'lb "unclosed'], "No closing quotation"),
+        (["--plot", "/nonexistent-dir/out.png"], "no such directory"),
+    ],
+)
+def test_bad_flags_are_one_line_usage_errors(tmp_path, args, needle):
+    proc = subprocess.run(
+        [sys.executable, "-m", "tb", "profile", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"TB_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_a_balancer_that_cannot_start_is_a_failed_run(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "tb", "profile", "--workload", "quiet", "--trades", "1000",
+         "--balancer", str(tmp_path / "no-such-lb"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"TB_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    r = json.loads(proc.stdout)
+    assert not r["ok"] and "cannot start the balancer" in r["error"] and "no-such-lb" in r["error"]

@@ -212,6 +212,11 @@ RUN_ARGS = ["run", "ws://127.0.0.1:1/", "--pipes", "2", "--key", "k"]  # all it 
         ([*RUN_ARGS, "--max-buffer", "lots", "--", "true"], "not a size"),
         ([*RUN_ARGS, "--busy-poll", "-5", "--", "true"], "--busy-poll"),
         ([*RUN_ARGS, "--busy-poll", "0.5", "--", "true"], "microseconds"),
+        ([*RUN_ARGS, "--stats", "-1", "--", "true"], "--stats"),
+        ([*RUN_ARGS, "--idle-timeout", "nan", "--", "true"], "--idle-timeout"),
+        (["demo", "--pipes", "0"], "--pipes"),
+        (["demo", "--trades", "-3"], "--trades"),
+        (["record", "ws://127.0.0.1:1/", "out.tbcap", "--messages", "-1"], "--messages"),
     ],
 )
 def test_bad_command_lines_exit_2_with_one_line(args, needle):
