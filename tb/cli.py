@@ -260,6 +260,20 @@ def _resolve_key(args: argparse.Namespace) -> tuple[str, str]:
     )
 
 
+def check_cafile(path: str | None) -> None:
+    """A --cafile that cannot be loaded is a usage error, found before anything starts."""
+    if path is None:
+        return
+    import ssl
+
+    try:
+        ssl.create_default_context(cafile=path)
+    except ssl.SSLError as exc:  # (an OSError too)
+        raise CLIError(f"--cafile {path} holds no usable certificate ({exc.reason})") from None
+    except OSError as exc:
+        raise CLIError(f"cannot read --cafile {path}: {exc.strerror or exc}") from None
+
+
 def _run_config(args: argparse.Namespace, worker: list[str]):
     from tb.balancer import RunConfig
     from tb.transport import parse_url
@@ -272,6 +286,7 @@ def _run_config(args: argparse.Namespace, worker: list[str]):
         raise CLIError("no worker: give it after --, e.g. tb run URL --pipes 4 -- ./worker ARGS")
     if not os.path.isdir(args.workdir):
         raise CLIError(f"--workdir {args.workdir} is not a directory")
+    check_cafile(args.cafile)
     key, source = _resolve_key(args)
     return RunConfig(
         url=url,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import select
 import signal
 import sys
@@ -45,7 +46,7 @@ def add_parser(subparsers) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from tb.capture import CaptureWriter
-    from tb.cli import CLIError, _resolve_key
+    from tb.cli import CLIError, _resolve_key, check_cafile
     from tb.feed import AuthFailed, FeedError, Session
     from tb.route import Router
     from tb.transport import TLSVerifyError, TransportError, connect, parse_url
@@ -62,7 +63,11 @@ def main(args: argparse.Namespace) -> int:
         url = parse_url(args.url)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+    check_cafile(args.cafile)
     key, source = _resolve_key(args)
+    folder = os.path.dirname(os.path.abspath(args.out))
+    if os.path.isdir(args.out) or not os.access(folder, os.W_OK | os.X_OK):
+        raise CLIError(f"cannot write {args.out}: not a writable file path")
     stop = []
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, lambda *_: stop.append(1))
@@ -88,7 +93,12 @@ def main(args: argparse.Namespace) -> int:
     recorded = events = 0
     t0 = time.monotonic()
     code = 0
-    with CaptureWriter(args.out) as cap:
+    try:
+        cap = CaptureWriter(args.out)
+    except OSError as exc:
+        t.close()
+        raise CLIError(f"cannot write {args.out}: {exc.strerror or exc}") from None
+    with cap:
         while not stop:
             if args.duration and time.monotonic() - t0 >= args.duration:
                 break

@@ -203,7 +203,11 @@ def _tls_connect(
 
     # One context per connection: its key log (TLS 1.3 kTLS) then holds this connection's
     # secrets only, and lives in memory (a memfd), never in a file.
-    ctx = ssl.create_default_context(cafile=cafile)
+    try:
+        ctx = ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as exc:
+        sock.close()
+        raise TransportError(f"cannot load the CA bundle {cafile}: {exc}") from None
     if insecure:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE

@@ -217,6 +217,13 @@ RUN_ARGS = ["run", "ws://127.0.0.1:1/", "--pipes", "2", "--key", "k"]  # all it 
         (["demo", "--pipes", "0"], "--pipes"),
         (["demo", "--trades", "-3"], "--trades"),
         (["record", "ws://127.0.0.1:1/", "out.tbcap", "--messages", "-1"], "--messages"),
+        ([*RUN_ARGS, "--cafile", "/nonexistent/ca.pem", "--", "true"], "cannot read --cafile"),
+        ([*RUN_ARGS, "--cafile", __file__, "--", "true"], "holds no usable certificate"),
+        (
+            ["record", "wss://127.0.0.1:1/", "o.tbcap", "--key", "k", "--cafile", "/nonexistent"],
+            "cannot read --cafile",
+        ),  # fmt: skip
+        (["record", "ws://127.0.0.1:1/", "/nonexistent/o.tbcap", "--key", "k"], "cannot write"),
     ],
 )
 def test_bad_command_lines_exit_2_with_one_line(args, needle):
