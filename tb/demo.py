@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from tb.cli import positive_int
+from tb.cli import CLIError, positive_int
 from tb.replay import LISTENING
 
 __all__ = ["add_parser", "main"]
@@ -66,9 +66,12 @@ def _wait_listening(proc: subprocess.Popen, timeout: float) -> str:
 
 def main(args: argparse.Namespace) -> int:
     out = os.path.abspath(args.out)
-    os.makedirs(out, exist_ok=True)
+    try:
+        os.makedirs(out, exist_ok=True)
+        replay_log = open(os.path.join(out, "replay.log"), "w")
+    except OSError as exc:
+        raise CLIError(f"cannot write to --out {args.out}: {exc.strerror or exc}") from None
     py = sys.executable
-    replay_log = open(os.path.join(out, "replay.log"), "w")
     run_log_path = os.path.join(out, "tb-run.log")
     print(
         f"tb demo: {args.trades:,} {args.profile} trades over {args.pipes} pipes; output in {out}"

@@ -384,7 +384,7 @@ def _measure(
             delivered = progress.total()
             now = time.monotonic()
             if got is None or proc.poll() is not None:
-                res.error = f"the balancer exited early (see {err_path})"
+                res.error = f"the balancer exited early{_first_error(err_path)} (see {err_path})"
                 break
             samples.append((now, delivered, got[0]))
             rss.append(got[1])
@@ -441,6 +441,18 @@ def _measure(
     if final:
         res.tb = {k: v for k, v in (kv.split("=", 1) for kv in final[-1].split() if "=" in kv)}
     return res
+
+
+def _first_error(log_path: Path) -> str:
+    """': ' and the first error line the balancer logged (tb's "... ERROR: why"), or ''."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    for line in lines:
+        if " ERROR: " in line:
+            return ": " + line.split(" ERROR: ", 1)[1].strip()
+    return ""
 
 
 def _wait_for(path: Path, seconds: float) -> None:

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 
-def profile(tmp_path, *args: str) -> dict:
+def profile(tmp_path, *args: str, check: bool = True) -> dict:
     proc = subprocess.run(
         [sys.executable, "-m", "tb", "profile", "--json", "--symbols", "50", "--pipes", "4", *args],
         capture_output=True,
@@ -17,7 +17,7 @@ def profile(tmp_path, *args: str) -> dict:
         timeout=120,
         env={"TB_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"},
     )
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == (0 if check else 1), proc.stderr
     return json.loads(proc.stdout)
 
 
@@ -147,3 +147,12 @@ def test_a_balancer_that_cannot_start_is_a_failed_run(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     r = json.loads(proc.stdout)
     assert not r["ok"] and "cannot start the balancer" in r["error"] and "no-such-lb" in r["error"]
+
+
+def test_a_balancer_that_exits_early_is_reported_with_its_error(tmp_path):
+    failing = tmp_path / "failing-lb"
+    failing.write_text("#!/bin/sh\necho '12:00:00.000 lb ERROR: broken on purpose' >&2\nexit 3\n")
+    failing.chmod(0o755)
+    r = profile(tmp_path, "--workload", "quiet", "--trades", "1000", "--balancer", str(failing),
+                check=False)  # fmt: skip
+    assert not r["ok"] and "exited early: broken on purpose" in r["error"], r["error"]

@@ -224,6 +224,7 @@ RUN_ARGS = ["run", "ws://127.0.0.1:1/", "--pipes", "2", "--key", "k"]  # all it 
             "cannot read --cafile",
         ),  # fmt: skip
         (["record", "ws://127.0.0.1:1/", "/nonexistent/o.tbcap", "--key", "k"], "cannot write"),
+        (["demo", "--out", "/proc/no-such-dir"], "cannot write to --out"),
     ],
 )
 def test_bad_command_lines_exit_2_with_one_line(args, needle):
