@@ -301,45 +301,49 @@ class PipeWriter:
         error: PipeError | None = None
         pinned = self._handed
         spliceable = pinned.view if pinned is not None else None
-        pipe_in = self.pipe_in
+        # (locals: a quiet feed's batch is a few small runs, and its time is per bytecode)
+        fds, queues, pipe_in = self.fds, self._queues, self.pipe_in
+        written_bytes, written_records, write = self.written_bytes, self.written_records, os.write
+        writes = 0
         for i in range(len(runs)) if used is None else used:
             run = runs[i]
             if not run:
                 continue
-            if self._queues[i]:
+            if queues[i]:
                 self._enqueue(i, _detach(run, 0), 0, counts[i])  # behind what is queued
                 continue
             size = len(run)
+            writes += 1
             try:
-                self.writes += 1
                 if (
                     size >= SPLICE_MIN
                     and type(run) is memoryview
                     and run.obj is spliceable
                     and self.splice
                 ):
-                    n = self._splice(self.fds[i], run)
+                    n = self._splice(fds[i], run)
                     if self.splice:
                         self.spliced_bytes += n
                         pinned.fences[i] = pipe_in[i] + n
                 else:
-                    n = os.write(self.fds[i], run)
+                    n = write(fds[i], run)
             except BlockingIOError:
                 self.eagain += 1
                 n = 0
             except OSError as exc:
                 error = error or self._error(i, exc, len(run), counts[i])
                 continue
-            self.written_bytes[i] += n
+            written_bytes[i] += n
             pipe_in[i] += n
             if n == size:
-                self.written_records[i] += counts[i]
+                written_records[i] += counts[i]
                 continue
             if n:
                 self.partial_writes += 1
             done, boundary = _complete_records(run, 0, n)  # walks only the written prefix
-            self.written_records[i] += done
+            written_records[i] += done
             self._enqueue(i, _detach(run, boundary), n - boundary, counts[i] - done)
+        self.writes += writes
         if self.queued_bytes >= self.max_buffer:
             self._over = True
         if error is not None:
