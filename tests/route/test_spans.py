@@ -353,6 +353,31 @@ def test_any_one_byte_event_takes_the_fast_lane(style, ev):
     assert frames is not None and same(frames[0], ref)
 
 
+@pytest.mark.parametrize(
+    "first,seps",
+    [
+        ("[", [", ", ", ", ", "]),  # json.dumps' default style
+        ("[ ", [", ", ", ", ", "]),  # a space after "[" too
+        ("[", [", ", ",", ", "]),  # mixed separators
+        ("[", [",", ", ", ", "]),  # the first one compact
+        ("[", [", ", ",  ", ", "]),  # two spaces
+        ("[", [", ", ",\n", ", "]),  # other whitespace
+    ],
+)
+def test_separators_with_spaces_agree_or_decline(first, seps):
+    objs = [trade(sym, q, spaced=True) for q, sym in enumerate(["AAPL", "MSFT", "SPY", "A"])]
+    body = objs[0] + b"".join(sep.encode() + o for sep, o in zip(seps, objs[1:], strict=True))
+    payloads = [first.encode() + body + b"]", message(objs[:2], spaced=True), message(objs[2:3])]
+    ref = Router(5).route_python(payloads)
+    assert ref.routed == 7 and not ref.malformed
+    a, starts, ends = arena_of(payloads)
+    got = route_spans(a, starts, ends, 5)
+    assert got is None or same(got, ref)
+    if len(set(seps)) == 1:  # one style: the span router takes it
+        assert got is not None
+    assert same(Router(5).route(payloads), ref)
+
+
 def crypto(pair: str, q: int, spaced: bool = False, **extra) -> bytes:
     obj = {"ev": "XT", "pair": pair, "p": 1.5, "t": 1, "s": 0.25, "c": [1], "i": str(q), "x": 1}
     obj.update(extra)
