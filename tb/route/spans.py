@@ -86,6 +86,7 @@ _ONE_SPACED_TAIL, _ONE_SPACED_END = _le(b'", "sym'), _le(b'": "')
 # the pair lane, a two-byte ev (crypto XT/XQ/XA, forex CA) keyed by pair, compact:
 # '{"ev":"' XY '","pair":"' (19 bytes)
 _TWO_PAIR_TAIL, _TWO_PAIR_END, _M3 = _le(b'","pair'), _le(b'":"'), _U64((1 << 24) - 1)
+_M4 = _U64((1 << 32) - 1)
 # _LOW_BYTES[k]: a mask of the low k bytes of a word
 _BYTE = _U64(0xFF)
 # the long-symbol lane: a row's quote flags as one unsigned int (SYM_ROW bits), and
@@ -361,34 +362,45 @@ def _route_objects(
     # 3. the key layout; the fast lane is a one-byte ev (trades T, quotes Q, ...), compact or
     #    spaced. (Its byte is never a quote or backslash in valid JSON: the prefix would not parse.)
     w64 = _view(a, np.uint64)
-    head, after = obj[:, 0], obj[:, 2]  # after: the symbol's opening quote, its first 7 bytes
-    compact = (
-        ((head & _M7) == _COMPACT) & (obj[:, 1] == _ONE_COMPACT_TAIL) & ((after & _BYTE) == 0x22)
-    )
-    if compact.all():
-        sym_at = start + 17
-        first_word = after >> _U64(8)  # 7 symbol bytes; the top byte (0) is never a quote
-        known = 7
-    elif _pair_lane(head, obj[:, 1], after):
-        sym_at = start + 19
-        if not _keys_decide(a, starts, ends, hdr, close, np.full(n, KEY_PAIR, np.uint8)):
-            return None
-        first_word = w64[sym_at]
-        known = 8
-    else:
+    head, second, after = obj[:, 0], obj[:, 1], obj[:, 2]  # after: bytes 16-23
+    compact = sym_at = None
+    if head[0] != _SPACED:  # (a json.dumps-style batch tries its own lane first)
+        compact = (
+            ((head & _M7) == _COMPACT) & (second == _ONE_COMPACT_TAIL) & ((after & _BYTE) == 0x22)
+        )
+        if compact.all():
+            sym_at = start + 17
+            first_word = after >> _U64(8)  # 7 symbol bytes; the top byte (0) is never a quote
+            known = 7
+        elif _pair_lane(head, second, after):
+            sym_at = start + 19
+            if not _keys_decide(a, starts, ends, hdr, close, np.full(n, KEY_PAIR, np.uint8)):
+                return None
+            first_word = w64[sym_at]
+            known = 8
+    if sym_at is None:
         spaced = (
             (head == _SPACED)
-            & ((obj[:, 1] >> _U64(8)) == _ONE_SPACED_TAIL)
-            & (_view(a, np.uint32)[start + 16] == _ONE_SPACED_END)
+            & ((second >> _U64(8)) == _ONE_SPACED_TAIL)
+            & ((after & _M4) == _ONE_SPACED_END)
         )
-        sym_at = np.where(spaced, start + 20, start + 17)
-        if not (compact | spaced).all():
-            found = _sym_positions(a, w64, start, head)
-            if found is None:
-                return None
-            sym_at, kind = found
-            if kind is not None and not _keys_decide(a, starts, ends, hdr, close, kind):
-                return None
+        if spaced.all():
+            sym_at = start + 20
+        else:
+            if compact is None:
+                compact = (
+                    ((head & _M7) == _COMPACT)
+                    & (second == _ONE_COMPACT_TAIL)
+                    & ((after & _BYTE) == 0x22)
+                )
+            sym_at = np.where(spaced, start + 20, start + 17)
+            if not (compact | spaced).all():
+                found = _sym_positions(a, w64, start, head)
+                if found is None:
+                    return None
+                sym_at, kind = found
+                if kind is not None and not _keys_decide(a, starts, ends, hdr, close, kind):
+                    return None
         first_word = w64[sym_at]
         known = 8
     # 4. symbols: the first quote ends the symbol (most tickers fit the word already read)

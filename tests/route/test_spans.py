@@ -378,6 +378,26 @@ def test_separators_with_spaces_agree_or_decline(first, seps):
     assert same(Router(5).route(payloads), ref)
 
 
+@pytest.mark.parametrize(
+    "odd",
+    [
+        b'{"ev": "T", "sym":"MSFT", "p": 1.5, "q": 9}',  # no space after this colon
+        b'{"ev": "T", "sym" : "MSFT", "p": 1.5, "q": 9}',  # a space before it
+        b'{"ev": "T", "symbol": "XX", "sym": "MSFT", "q": 9}',  # a key that starts like sym
+        b'{"ev": "T", "sy": "XX", "sym": "MSFT", "q": 9}',
+    ],
+)
+def test_spaced_objects_with_other_key_spacing_agree_or_decline(odd):
+    # the spaced lane reads the symbol at byte 20 only after '{"ev": "X", "sym": "'
+    payloads = [message([trade("AAPL", 1, spaced=True), odd, trade("SPY", 2, spaced=True)], True)]
+    ref = Router(64).route_python(payloads)
+    assert ref.routed == 3
+    a, starts, ends = arena_of(payloads)
+    got = route_spans(a, starts, ends, 64)
+    assert got is None or same(got, ref)
+    assert same(Router(64).route(payloads), ref)
+
+
 def crypto(pair: str, q: int, spaced: bool = False, **extra) -> bytes:
     obj = {"ev": "XT", "pair": pair, "p": 1.5, "t": 1, "s": 0.25, "c": [1], "i": str(q), "x": 1}
     obj.update(extra)
