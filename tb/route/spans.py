@@ -87,6 +87,8 @@ _ONE_SPACED_TAIL, _ONE_SPACED_END = _le(b'", "sym'), _le(b'": "')
 # '{"ev":"' XY '","pair":"' (19 bytes)
 _TWO_PAIR_TAIL, _TWO_PAIR_END, _M3 = _le(b'","pair'), _le(b'":"'), _U64((1 << 24) - 1)
 _M4 = _U64((1 << 32) - 1)
+# ... and spaced: '{"ev": "' XY '", "pair": "' (22 bytes)
+_TWO_PAIR_SPACED_TAIL, _TWO_PAIR_SPACED_END = _le(b'", "pa'), _le(b'ir": "')
 # _LOW_BYTES[k]: a mask of the low k bytes of a word
 _BYTE = _U64(0xFF)
 # the long-symbol lane: a row's quote flags as one unsigned int (SYM_ROW bits), and
@@ -386,6 +388,10 @@ def _route_objects(
         )
         if spaced.all():
             sym_at = start + 20
+        elif head[0] == _SPACED and _pair_lane(head, second, after, spaced=True):
+            sym_at = start + 22
+            if not _keys_decide(a, starts, ends, hdr, close, np.full(n, KEY_PAIR, np.uint8)):
+                return None
         else:
             if compact is None:
                 compact = (
@@ -442,15 +448,24 @@ def _route_objects(
     return _build(a, start, close, pipes, npipes, scratch)
 
 
-def _pair_lane(head: np.ndarray, second: np.ndarray, after: np.ndarray) -> bool:
-    """Whether every object starts '{"ev":"' XY '","pair":"', X and Y no quote (from its first
-    three words): a two-byte ev keyed by pair, the pair at byte 19. (A backslash, in ev or
-    anywhere, sends the batch the general way: _keys_decide.)"""
-    if not (((head & _M7) == _COMPACT) & ((second >> _U64(8)) == _TWO_PAIR_TAIL)).all():
-        return False
-    if not ((after & _M3) == _TWO_PAIR_END).all():
-        return False
-    ev = (head >> _U64(56)) | ((second & _BYTE) << _U64(8))  # the two ev bytes, zeros above
+def _pair_lane(
+    head: np.ndarray, second: np.ndarray, after: np.ndarray, spaced: bool = False
+) -> bool:
+    """Whether every object starts '{"ev":"' XY '","pair":"' (the pair at byte 19) or, spaced,
+    '{"ev": "' XY '", "pair": "' (at byte 22), X and Y no quote (from its first three words): a
+    two-byte ev keyed by pair. (A backslash, in ev or anywhere, sends the batch the general
+    way: _keys_decide.)"""
+    if spaced:
+        lead = (head == _SPACED) & ((second >> _U64(16)) == _TWO_PAIR_SPACED_TAIL)
+        if not lead.all() or not ((after & _M6) == _TWO_PAIR_SPACED_END).all():
+            return False
+        ev = second & _U64(0xFFFF)  # the two ev bytes, zeros above
+    else:
+        if not (((head & _M7) == _COMPACT) & ((second >> _U64(8)) == _TWO_PAIR_TAIL)).all():
+            return False
+        if not ((after & _M3) == _TWO_PAIR_END).all():
+            return False
+        ev = (head >> _U64(56)) | ((second & _BYTE) << _U64(8))
     return not _has_byte(ev, 0x22)
 
 

@@ -422,15 +422,21 @@ def test_crypto_pairs_take_the_span_router(spaced):
     assert same(small(payloads, 5), Router(5).route_python(payloads))
 
 
+@pytest.mark.parametrize("spaced", [False, True])
 @pytest.mark.parametrize("hash_name", ["mixed", "compat"])
-def test_two_byte_events_keyed_by_pair(hash_name):
-    # crypto trades and quotes, forex aggregates: '{"ev":"XY","pair":"' on the pair lane, with
-    # pairs of 7 bytes and longer (a second word, the long-symbol rows)
+def test_two_byte_events_keyed_by_pair(hash_name, spaced):
+    # crypto trades and quotes, forex aggregates: '{"ev":"XY","pair":"' (or json.dumps' default
+    # style) on the pair lane, with pairs of 7 bytes and longer (a second word, the long rows)
     pairs = ["BTC-USD", "DOGE-USD", "X:1INCHUSD", "EUR/USD", "A"]
-    quote = b'{"ev":"XQ","pair":"ETH-USD","bp":1.5,"bs":2,"ap":1.6,"as":3,"t":1,"x":1}'
+    quote = {"ev": "XQ", "pair": "ETH-USD", "bp": 1.5, "bs": 2, "ap": 1.6, "as": 3, "t": 1}
+    quote = json.dumps(quote, separators=(", ", ": ") if spaced else (",", ":")).encode()
     payloads = [
-        message([crypto(p, q) for q, p in enumerate(pairs)] + [quote, aggregate("USD/CNH", 5)]),
-        message([aggregate("GBP/JPY", 6)]),
+        message(
+            [crypto(p, q, spaced) for q, p in enumerate(pairs)]
+            + [quote, aggregate("USD/CNH", 5, spaced)],
+            spaced,
+        ),
+        message([aggregate("GBP/JPY", 6, spaced)], spaced),
     ]
     ref = Router(7, hash=hash_name).route_python(payloads)
     assert ref.routed == 8 and not ref.fallback
@@ -448,10 +454,14 @@ def test_two_byte_events_keyed_by_pair(hash_name):
         b'{"ev":"\\\\","pair":"BTC-USD","p":1}',  # ev a backslash, escaped
         b'{"ev":"XT","pair":"BTC-USD","sym":"AAPL"}',  # sym wins over pair
         b'{"ev":"X"","pair":"BTC-USD","p":1}',  # not JSON: malformed, the others kept
+        b'{"ev": "\\"", "pair": "BTC-USD", "p": 1}',  # the same, json.dumps' default style
+        b'{"ev": "XT", "pair": "BTC-USD", "sym": "AAPL"}',
+        b'{"ev": "X"", "pair": "BTC-USD", "p": 1}',
     ],
 )
 def test_the_pair_lane_leaves_what_it_cannot_decide_to_the_general_way(odd):
-    payloads = [message([crypto("ETH-USD", 0), odd, crypto("BTC-USD", 2)])]
+    spaced = odd.startswith(b'{"ev": ')
+    payloads = [message([crypto("ETH-USD", 0, spaced), odd, crypto("BTC-USD", 2, spaced)], spaced)]
     ref = Router(64).route_python(payloads)
     assert ref.routed == 3 or ref.malformed == 1
     a, starts, ends = arena_of(payloads)
