@@ -65,6 +65,7 @@ class ProfileResult:
     loop: str
     tls: str
     busy_poll_us: int = 0
+    style: str = "compact"  # the feed's JSON style (spaced: json.dumps' default)
     splice: bool = True  # tb's (tb run --no-splice: False)
     delivered: int = 0
     seconds: float = 0.0
@@ -110,6 +111,13 @@ def add_parser(subparsers) -> None:
         "--symbols", type=positive_int, default=10000, help="distinct symbols (default 10000)"
     )
     p.add_argument("--pipes", type=positive_int, default=32, help="pipes (default 32)")
+    p.add_argument(
+        "--style",
+        choices=["compact", "spaced"],
+        default="compact",
+        help="the feed's JSON style: compact (the real feed's) or spaced (json.dumps' default, "
+        "as Python test servers send it)",
+    )
     p.add_argument(
         "--loop",
         choices=["auto", "epoll", "uring"],
@@ -172,19 +180,24 @@ def add_parser(subparsers) -> None:
 
 
 # -- the capture ----------------------------------------------------------------------------------
-def cached_capture(profile: str, trades: int, symbols: int, seed: int = 1) -> Path:
+def cached_capture(
+    profile: str, trades: int, symbols: int, seed: int = 1, style: str = "compact"
+) -> Path:
     """The synthetic capture for these parameters, generated on first use."""
     from tb.capture import CaptureWriter
     from tb.gen import generate
 
     base = Path(os.environ.get("TB_CACHE") or Path.home() / ".cache" / "tb")
     base.mkdir(parents=True, exist_ok=True)
-    path = base / f"profile-{profile}-{trades}-{symbols}-{seed}.tbcap"
+    spaced = "" if style == "compact" else f"-{style}"
+    path = base / f"profile-{profile}-{trades}-{symbols}-{seed}{spaced}.tbcap"
     if not path.exists():
         print(f"tb profile: generating {trades:,} {profile} trades once -> {path}", file=sys.stderr)
         tmp = path.with_suffix(".tmp")
         with CaptureWriter(str(tmp)) as cap:
-            for payload in generate(profile=profile, trades=trades, symbols=symbols, seed=seed):
+            for payload in generate(
+                profile=profile, trades=trades, symbols=symbols, seed=seed, style=style
+            ):
                 cap.write(payload)
         os.replace(tmp, path)
     return path
@@ -252,10 +265,13 @@ def run_profile(args: argparse.Namespace, live: bool = True) -> ProfileResult:
     if name == "tb":
         res.busy_poll_us = args.busy_poll
         res.splice = args.splice
+    res.style = getattr(args, "style", "compact")
     if getattr(args, "sleeping_worker", False):
         res.latency_kind = "feed->worker"
     try:
-        cap = cached_capture(gen_profile, trades, args.symbols)
+        cap = cached_capture(
+            gen_profile, trades, args.symbols, style=getattr(args, "style", "compact")
+        )
     except OSError as exc:
         raise CLIError(
             f"cannot write the capture cache ({exc.filename or 'TB_CACHE'}): {exc.strerror or exc}"
@@ -520,7 +536,7 @@ def format_result(r: ProfileResult) -> str:
         f"tb profile: {r.workload}, {r.trades:,} trades, {r.pipes} pipes, balancer {r.balancer}"
         f"{'' if r.balancer != 'tb' else f', loop {r.loop}'}, tls {r.tls}"
         f"{f', busy-poll {r.busy_poll_us} us' if r.busy_poll_us else ''}"
-        f"{'' if r.splice else ', no splice'}",
+        f"{'' if r.splice else ', no splice'}{'' if r.style == 'compact' else f', {r.style} JSON'}",
     ]
     if r.error:
         lines.append(f"  FAILED: {r.error}")

@@ -37,6 +37,15 @@ def test_quiet_run_reports_tb_counters(tmp_path):
     assert 20 < r["median_rss_mib"] <= r["max_rss_mib"] < 1024
 
 
+def test_a_spaced_feed_takes_the_fast_paths(tmp_path):
+    # json.dumps' default style, as Python test servers send it: no trade goes the general way
+    r = profile(tmp_path, "--workload", "burst", "--trades", "100000", "--style", "spaced")
+    assert r["ok"] and r["delivered"] == 100000 and r["style"] == "spaced"
+    assert int(r["tb"]["routed"]) == 100000 and int(r["tb"]["fallback"]) == 0
+    assert int(r["tb"]["general"]) <= 3  # the session's statuses
+    assert (tmp_path / "cache" / "profile-burst-100000-50-1-spaced.tbcap").exists()
+
+
 @pytest.mark.parametrize(
     "worker", [[], ["--sleeping-worker"], ["--sleeping-worker", "--busy-poll", "20000"]]
 )
