@@ -407,7 +407,7 @@ def _measure(
             max_rss = max(max_rss, got[1])
             if live and now - last_print >= 0.5:
                 last_print = now
-                _live_line(samples, res.trades)
+                _live_line(samples, res.trades, rss[-1])
             if delivered >= res.trades:
                 break
             time.sleep(0.01)
@@ -484,15 +484,20 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
-def _live_line(samples, total: int) -> None:
+def _live_line(samples, total: int, rss_bytes: int) -> None:
+    """One line, rewritten in place on a terminal: progress, the last 0.5 s's rate and CPU."""
     t, n, cpu = samples[-1]
     back = next((s for s in reversed(samples) if t - s[0] >= 0.5), samples[0])
     dt = t - back[0] or 1e-9
     rate = (n - back[1]) / dt
     busy = (cpu - back[2]) / dt * 100
+    done = min(1.0, n / total) if total else 0.0
+    bar = "#" * int(done * 20)
+    per_m = (cpu - back[2]) / ((n - back[1]) / 1e6) if n > back[1] else 0.0
     end = "\r" if sys.stderr.isatty() else "\n"
     print(
-        f"  {n:>12,} / {total:,} trades   {rate:>12,.0f} trades/s   balancer CPU {busy:5.1f}%",
+        f"  [{bar:<20}] {n:>12,} / {total:,} trades   {rate:>12,.0f} trades/s   balancer CPU"
+        f" {busy:5.1f}% ({per_m:.3f} s/M)   RSS {rss_bytes >> 20} MiB",
         end=end,
         file=sys.stderr,
         flush=True,
