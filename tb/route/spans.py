@@ -569,7 +569,8 @@ def _build(a: np.ndarray, start, close, pipes, npipes: int, scratch: Scratch | N
     lens = close - start + 1
     # rows as wide as the batch's longest record (a 4-byte multiple), at most ROW: copying a
     # narrower row is cheaper
-    row = min(ROW, (int(lens.max()) + 3) & ~3)
+    longest = int(lens.max())
+    row = min(ROW, (longest + 3) & ~3)
     width = 4 + row
     sizes = lens + 4
     sorted_sizes = sizes[order]
@@ -583,18 +584,20 @@ def _build(a: np.ndarray, start, close, pipes, npipes: int, scratch: Scratch | N
     # dtype at every byte offset (one memcpy per row: ~25% cheaper than 2-D uint8 rows)
     staged = _rows(a, len(a) - width, width)[np.maximum(start - 4, 0)]
     stage = staged.view(np.uint8).reshape(n, width)
-    for k in np.flatnonzero(start < 4).tolist():  # a record at the very start of the arena
-        m = min(int(lens[k]), row)
-        stage[k, 4 : 4 + m] = a[int(start[k]) : int(start[k]) + m]
+    if start[0] < 4:  # a record at the very start of the arena (starts increase)
+        for k in np.flatnonzero(start < 4).tolist():
+            m = min(int(lens[k]), row)
+            stage[k, 4 : 4 + m] = a[int(start[k]) : int(start[k]) + m]
     # the 4 bytes before each record become its u32 LE length (rows are 4-byte multiples)
     stage.view("<u4")[:, 0] = lens
     # Fancy assignment writes rows in index order (pinned by test_spans.py byte-for-byte tests).
     _rows(out, size - width + 1, width)[dest] = staged
     view = memoryview(out)
     arena = memoryview(a)
-    for k in np.flatnonzero(lens > row).tolist():  # the rare record longer than its row
-        o, s0, m = int(dest[k]) + 4, int(start[k]), int(lens[k])
-        view[o + row : o + m] = arena[s0 + row : s0 + m]
+    if longest > row:
+        for k in np.flatnonzero(lens > row).tolist():  # the rare record longer than its row
+            o, s0, m = int(dest[k]) + 4, int(start[k]), int(lens[k])
+            view[o + row : o + m] = arena[s0 + row : s0 + m]
     bounds = np.searchsorted(sorted_pipes, np.arange(npipes + 1))
     counts = np.diff(bounds).tolist()
     byte_bounds = np.concatenate((offs, [total]))[bounds]
