@@ -73,7 +73,7 @@ def microseconds(text: str) -> int:
 
 
 def seconds(text: str) -> float:
-    """An argparse type: a finite number of seconds >= 0 (0 turns the option off, where it says so)."""
+    """An argparse type: a finite number of seconds >= 0 (0 turns some options off)."""
     try:
         value = float(text.replace("_", ""))
     except ValueError:

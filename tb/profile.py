@@ -377,12 +377,9 @@ def _measure(
     cmd = _balancer_cmd(args, url, work, worker)
     with open(err_path, "w") as err:
         try:
+            # cwd: relative paths in --balancer CMD are the user's (WORKDIR is an argument)
             proc = subprocess.Popen(
-                cmd,
-                stdout=err,
-                stderr=err,
-                cwd=os.getcwd(),  # relative paths in --balancer CMD are the user's (WORKDIR is an argument)
-                start_new_session=True,
+                cmd, stdout=err, stderr=err, cwd=os.getcwd(), start_new_session=True
             )
         except OSError as exc:  # not found, not executable
             res.error = f"cannot start the balancer {cmd[0]}: {exc.strerror or exc}"
