@@ -398,6 +398,19 @@ def test_spaced_objects_with_other_key_spacing_agree_or_decline(odd):
     assert same(Router(64).route(payloads), ref)
 
 
+def span_routers_agree(payloads, npipes: int, hash_name: str, routed: int):
+    """route_spans and route_frames take the payloads, with Router.route_python's bytes; returns
+    (that reference batch, the arena, starts, ends)."""
+    ref = Router(npipes, hash=hash_name).route_python(payloads)
+    assert ref.routed == routed and not ref.fallback
+    a, starts, ends = arena_of(payloads)
+    got = route_spans(a, starts, ends, npipes, hash_name)
+    assert got is not None and same(got, ref)
+    frames = route_frames(a, 0, int(ends[-1]), 16 << 20, npipes, hash_name)
+    assert frames is not None and frames[0] is not None and same(frames[0], ref)
+    return ref, a, starts, ends
+
+
 def crypto(pair: str, q: int, spaced: bool = False, **extra) -> bytes:
     obj = {"ev": "XT", "pair": pair, "p": 1.5, "t": 1, "s": 0.25, "c": [1], "i": str(q), "x": 1}
     obj.update(extra)
@@ -438,13 +451,7 @@ def test_two_byte_events_keyed_by_pair(hash_name, spaced):
         ),
         message([aggregate("GBP/JPY", 6, spaced)], spaced),
     ]
-    ref = Router(7, hash=hash_name).route_python(payloads)
-    assert ref.routed == 8 and not ref.fallback
-    a, starts, ends = arena_of(payloads)
-    got = route_spans(a, starts, ends, 7, hash_name)
-    assert got is not None and same(got, ref)
-    frames = route_frames(a, 0, int(ends[-1]), 16 << 20, 7, hash_name)
-    assert frames is not None and frames[0] is not None and same(frames[0], ref)
+    span_routers_agree(payloads, 7, hash_name, routed=8)
 
 
 @pytest.mark.parametrize(
@@ -490,13 +497,7 @@ def test_forex_quotes_keyed_by_p_take_the_span_router(spaced, hash_name):
         message([aggregate("USD/EUR", 1, spaced), forex("EUR/USD", 9, spaced)], spaced),
         message([forex("USD/CNH", 10, spaced)], spaced),
     ]
-    ref = Router(5, hash=hash_name).route_python(payloads)
-    assert ref.routed == 7 and not ref.fallback
-    a, starts, ends = arena_of(payloads)
-    got = route_spans(a, starts, ends, 5, hash_name)
-    assert got is not None and same(got, ref)
-    frames = route_frames(a, 0, int(ends[-1]), 16 << 20, 5, hash_name)
-    assert frames is not None and frames[0] is not None and same(frames[0], ref)
+    ref, a, starts, ends = span_routers_agree(payloads, 5, hash_name, routed=7)
     assert same(small(payloads, 5, hash_name), ref)
     # an array that is not the balancer's bytearray arena: the same by numpy's own search
     copy = np.array(a)
