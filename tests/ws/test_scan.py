@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tb.ws import Connection, Opcode, ProtocolError, encode_frame
-from tb.ws.scan import scan_data_frames
+from tb.ws.scan import one_text_frame, scan_data_frames
 
 
 def payload(rng: random.Random, n: int) -> bytes:
@@ -145,3 +145,39 @@ def test_random_streams_and_splits(sizes, cut):
     data = stream(rng, sizes, True)
     data = data[: max(0, len(data) - cut)]
     assert via_scan(data)[:2] == via_connection(data)[:2]
+
+
+def _one_frame_by_scan(data: bytes, max_message: int) -> int:
+    """What scan_data_frames says of `data` as a one-frame receive: the payload start or -1."""
+    buf = bytearray(data) + bytes(16)
+    starts, ends, ops, stop = scan_data_frames(
+        np.frombuffer(buf, np.uint8), memoryview(buf), 0, len(data), max_message
+    )
+    if len(starts) == 1 and stop == len(data) and ops[0] == Opcode.TEXT:
+        return int(starts[0])
+    return -1
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 124, 125, 126, 127, 300, 65535, 65536])
+@pytest.mark.parametrize(
+    "kind", ["text", "binary", "masked", "fragment", "two", "cut", "trailing ping"]
+)
+def test_one_text_frame_agrees_with_the_scan(n, kind):
+    body = payload(random.Random(n), n)
+    frame = encode_frame(
+        Opcode.BINARY if kind == "binary" else Opcode.TEXT,
+        body,
+        mask=kind == "masked",
+        fin=kind != "fragment",
+    )
+    data = {
+        "two": frame + frame,
+        "cut": frame[:-1],
+        "trailing ping": frame + encode_frame(Opcode.PING, b"", mask=False),
+    }.get(kind, frame)
+    for max_message in (1 << 20, 125):
+        got = one_text_frame(memoryview(data), 0, len(data), max_message)
+        want = _one_frame_by_scan(data, max_message) if n < 65536 else -1  # (64-bit: the scan's)
+        assert got == want, (kind, n, max_message)
+        if kind == "text" and n < 65536 and n <= max_message:
+            assert got == len(frame) - n  # right after the header
