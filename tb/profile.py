@@ -269,9 +269,7 @@ def run_profile(args: argparse.Namespace, live: bool = True) -> ProfileResult:
     if getattr(args, "sleeping_worker", False):
         res.latency_kind = "feed->worker"
     try:
-        cap = cached_capture(
-            gen_profile, trades, args.symbols, style=getattr(args, "style", "compact")
-        )
+        cap = cached_capture(gen_profile, trades, args.symbols, style=res.style)
     except OSError as exc:
         raise CLIError(
             f"cannot write the capture cache ({exc.filename or 'TB_CACHE'}): {exc.strerror or exc}"
@@ -387,7 +385,6 @@ def _measure(
     progress = _Progress(progress_path, args.pipes)
     samples: list[tuple[float, int, float]] = []
     t0 = time.monotonic()
-    max_rss = 0
     rss: list[int] = []  # per sample
     last_print = 0.0
     delivered = 0
@@ -401,7 +398,6 @@ def _measure(
                 break
             samples.append((now, delivered, got[0]))
             rss.append(got[1])
-            max_rss = max(max_rss, got[1])
             if live and now - last_print >= 0.5:
                 last_print = now
                 _live_line(samples, res.trades, rss[-1])
@@ -428,7 +424,7 @@ def _measure(
         _signal_group(proc.pid, signal.SIGKILL)  # whatever is left of the group
     res.samples = [(round(t - t0, 4), n, round(c, 3)) for t, n, c in samples]
     res.delivered = delivered
-    res.max_rss_mib = max_rss / (1 << 20)
+    res.max_rss_mib = max(rss, default=0) / (1 << 20)
     # The worker's own figures, from its progress file: a balancer whose worker never sees EOF
     # (the C original leaks its write ends into the worker) is measured the same way.
     delivered, first, last, per_pipe = progress.snapshot()
