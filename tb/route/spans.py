@@ -365,40 +365,29 @@ def _route_objects(
     #    spaced. (Its byte is never a quote or backslash in valid JSON: the prefix would not parse.)
     w64 = _view(a, np.uint64)
     head, second, after = obj[:, 0], obj[:, 1], obj[:, 2]  # after: bytes 16-23
-    compact = sym_at = None
-    if head[0] != _SPACED:  # (a json.dumps-style batch tries its own lane first)
-        compact = (
-            ((head & _M7) == _COMPACT) & (second == _ONE_COMPACT_TAIL) & ((after & _BYTE) == 0x22)
-        )
+    compact = spaced = sym_at = first_word = None
+    lead_spaced = head[0] == _SPACED  # (a json.dumps-style batch tries its own lanes first)
+    if lead_spaced:
+        spaced = _one_spaced(head, second, after)
+        if spaced.all():
+            sym_at = start + 20
+    else:
+        compact = _one_compact(head, second, after)
         if compact.all():
             sym_at = start + 17
             first_word = after >> _U64(8)  # 7 symbol bytes; the top byte (0) is never a quote
             known = 7
-        elif _pair_lane(head, second, after):
-            sym_at = start + 19
-            if not _keys_decide(a, starts, ends, hdr, close, np.full(n, KEY_PAIR, np.uint8)):
-                return None
-            first_word = w64[sym_at]
-            known = 8
     if sym_at is None:
-        spaced = (
-            (head == _SPACED)
-            & ((second >> _U64(8)) == _ONE_SPACED_TAIL)
-            & ((after & _M4) == _ONE_SPACED_END)
-        )
-        if spaced.all():
-            sym_at = start + 20
-        elif head[0] == _SPACED and _pair_lane(head, second, after, spaced=True):
-            sym_at = start + 22
+        pair_at = _pair_lane(head, second, after, lead_spaced)
+        if pair_at:
+            sym_at = start + pair_at
             if not _keys_decide(a, starts, ends, hdr, close, np.full(n, KEY_PAIR, np.uint8)):
                 return None
         else:
             if compact is None:
-                compact = (
-                    ((head & _M7) == _COMPACT)
-                    & (second == _ONE_COMPACT_TAIL)
-                    & ((after & _BYTE) == 0x22)
-                )
+                compact = _one_compact(head, second, after)
+            if spaced is None:
+                spaced = _one_spaced(head, second, after)
             sym_at = np.where(spaced, start + 20, start + 17)
             if not (compact | spaced).all():
                 found = _sym_positions(a, w64, start, head)
@@ -407,6 +396,7 @@ def _route_objects(
                 sym_at, kind = found
                 if kind is not None and not _keys_decide(a, starts, ends, hdr, close, kind):
                     return None
+    if first_word is None:
         first_word = w64[sym_at]
         known = 8
     # 4. symbols: the first quote ends the symbol (most tickers fit the word already read)
@@ -448,25 +438,39 @@ def _route_objects(
     return _build(a, start, close, pipes, npipes, scratch)
 
 
-def _pair_lane(
-    head: np.ndarray, second: np.ndarray, after: np.ndarray, spaced: bool = False
-) -> bool:
-    """Whether every object starts '{"ev":"' XY '","pair":"' (the pair at byte 19) or, spaced,
-    '{"ev": "' XY '", "pair": "' (at byte 22), X and Y no quote (from its first three words): a
-    two-byte ev keyed by pair. (A backslash, in ev or anywhere, sends the batch the general
-    way: _keys_decide.)"""
+def _one_compact(head: np.ndarray, second: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """Per object, from its first three words: '{"ev":"' X '","sym":"' (the symbol at byte 17)."""
+    return ((head & _M7) == _COMPACT) & (second == _ONE_COMPACT_TAIL) & ((after & _BYTE) == 0x22)
+
+
+def _one_spaced(head: np.ndarray, second: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """Per object: '{"ev": "' X '", "sym": "' (json.dumps' default style, the symbol at 20)."""
+    return (
+        (head == _SPACED)
+        & ((second >> _U64(8)) == _ONE_SPACED_TAIL)
+        & ((after & _M4) == _ONE_SPACED_END)
+    )
+
+
+def _pair_lane(head: np.ndarray, second: np.ndarray, after: np.ndarray, spaced: bool) -> int:
+    """Where the pair starts (19, or 22 spaced) if every object starts '{"ev":"' XY '","pair":"'
+    or, spaced, '{"ev": "' XY '", "pair": "', X and Y no quote (from its first three words): a
+    two-byte ev keyed by pair; else 0. (A backslash, in ev or anywhere, sends the batch the
+    general way: _keys_decide.)"""
     if spaced:
         lead = (head == _SPACED) & ((second >> _U64(16)) == _TWO_PAIR_SPACED_TAIL)
         if not lead.all() or not ((after & _M6) == _TWO_PAIR_SPACED_END).all():
-            return False
+            return 0
         ev = second & _U64(0xFFFF)  # the two ev bytes, zeros above
     else:
         if not (((head & _M7) == _COMPACT) & ((second >> _U64(8)) == _TWO_PAIR_TAIL)).all():
-            return False
+            return 0
         if not ((after & _M3) == _TWO_PAIR_END).all():
-            return False
+            return 0
         ev = (head >> _U64(56)) | ((second & _BYTE) << _U64(8))
-    return not _has_byte(ev, 0x22)
+    if _has_byte(ev, 0x22):
+        return 0
+    return 22 if spaced else 19
 
 
 def _sym_positions(a: np.ndarray, w64: np.ndarray, start: np.ndarray, head: np.ndarray):
