@@ -205,7 +205,7 @@ def _tls_connect(
     # secrets only, and lives in memory (a memfd), never in a file.
     try:
         ctx = ssl.create_default_context(cafile=cafile)
-    except (OSError, ssl.SSLError) as exc:
+    except OSError as exc:  # (ssl.SSLError is one)
         sock.close()
         raise TransportError(f"cannot load the CA bundle {cafile}: {exc}") from None
     if insecure:
