@@ -72,12 +72,16 @@ def microseconds(text: str) -> int:
     return _whole(text, 0, " of microseconds", "0 or more")
 
 
+def _number(text: str, what: str) -> float:
+    try:
+        return float(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number{what}: {text!r}") from None
+
+
 def seconds(text: str) -> float:
     """An argparse type: a finite number of seconds >= 0 (0 turns some options off)."""
-    try:
-        value = float(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    value = _number(text, " of seconds")
     if not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"must be 0 or more seconds: {text!r}")
     return value
@@ -90,10 +94,7 @@ def count(text: str) -> int:
 
 def positive_float(text: str) -> float:
     """An argparse type: a number > 0."""
-    try:
-        value = float(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    value = _number(text, "")
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
     return value
