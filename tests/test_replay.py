@@ -236,12 +236,19 @@ def test_count_trades():
 # --- the CLI, as a real process ------------------------------------------------------------
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_cli(*args: str) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "tb", "replay", "--listen", "127.0.0.1:0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a shell without job control starts background jobs with SIGINT ignored, and an
+        # ignored SIGINT stays ignored in the child: give it the default, as a terminal would
+        preexec_fn=_default_sigint,
     )
     line = proc.stdout.readline()
     m = re.fullmatch(r"listening on (ws://127\.0\.0\.1:\d+)\n", line)
