@@ -28,6 +28,7 @@ import json
 import mmap
 import os
 import shlex
+import shutil
 import signal
 import statistics
 import struct
@@ -328,6 +329,11 @@ def run_profile(args: argparse.Namespace, live: bool = True) -> ProfileResult:
             replay.wait(10)
         if server is not None:
             server.stop()
+        # the logs of a good run are of no further use; a failed run's are kept, and named
+        if res.ok:
+            shutil.rmtree(work, ignore_errors=True)
+        elif res.error and str(work) not in res.error:
+            res.error += f" (logs kept in {work})"
 
 
 def _balancer_cmd(args, url: str, work: Path, worker: list[str]) -> list[str]:

@@ -10,16 +10,27 @@ import pytest
 
 
 def profile(tmp_path, *args: str, check: bool = True) -> dict:
+    """tb profile --json; each run's work dir (logs, the worker's figures) under tmp_path/tmp:
+    removed after a good run, kept and named in the error after a failed one."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir(exist_ok=True)
+    before = set(tmp.iterdir())
     proc = subprocess.run(
         [sys.executable, "-m", "tb", "profile", "--json", "--symbols", "50", "--pipes", "4", *args],
         capture_output=True,
         text=True,
         timeout=120,
-        env={"TB_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"},
+        env={"TB_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin", "TMPDIR": str(tmp)},
     )
     assert proc.returncode == (0 if check else 1), proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
-    return json.loads(proc.stdout)
+    r = json.loads(proc.stdout)
+    left = set(tmp.iterdir()) - before
+    if r["ok"]:
+        assert not left
+    else:
+        assert len(left) == 1 and str(left.pop()) in r["error"], (left, r["error"])
+    return r
 
 
 def test_quiet_run_reports_tb_counters(tmp_path):
