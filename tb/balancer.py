@@ -604,7 +604,7 @@ class Balancer:
                     self.start,
                     self.end,
                     self.cfg.max_message,
-                    self.scratch.bools(size) if size >= SCAN_SCRATCH_MIN else None,
+                    self.scratch.bools(size + 63) if size >= SCAN_SCRATCH_MIN else None,
                 )
                 routed = True
                 if len(starts):

@@ -48,6 +48,7 @@ import re
 
 import numpy as np
 
+from ..bytefind import find_all
 from .batch import SYMBOL_CACHE_MAX, RouteBatch
 from .hashing import HASHES, VECTOR_HASHES, pipes_mixed_words
 
@@ -194,7 +195,7 @@ def route_spans(
         if not _printable(region):
             return None
         # 2. object ends: every "}" (with the headers blanked, every one found is payload)
-        close = np.flatnonzero(np.equal(region, 0x7D, out=scratch.bools(len(region)))) + lo
+        close = find_all(region, 0x7D, scratch.bools(len(region) + 63)) + lo
     finally:
         a[hdr] = saved
     return _route_objects(
@@ -230,7 +231,7 @@ def route_frames(
     keep_out = scratch is not None
     scratch = scratch or Scratch()
     seg = a[pos:end]
-    close = np.flatnonzero(np.equal(seg, 0x7D, out=scratch.bools(len(seg)))) + pos
+    close = find_all(seg, 0x7D, scratch.bools(len(seg) + 63)) + pos
     if len(close) and close[-1] == end - 1:  # its successor is not here yet
         close = close[:-1]
     sep = a[close + 1]  # what follows each "}"

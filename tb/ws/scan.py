@@ -25,6 +25,8 @@ from codecs import utf_8_decode
 
 import numpy as np
 
+from ..bytefind import find_all
+
 __all__ = ["scan_data_frames", "one_text_frame", "utf8_errors", "as_list", "SMALL_FRAME"]
 
 SMALL_FRAME = 2048  # mean payload size below which the vectorized strategy pays (measured)
@@ -48,7 +50,7 @@ def scan_data_frames(
     `a` and `view` are the same buffer (a uint8 array, a memoryview), with at least 4 bytes of
     slack after `end`. Returns (payload starts, payload ends, opcodes, where scanning stopped):
     int64/uint8 arrays when many small frames were scanned vectorized, else lists. `mask`, a
-    bool array of at least end - pos elements, is scratch space reused across calls (a fresh
+    bool array of at least end - pos + 63 elements (tb.bytefind), is scratch space reused across calls (a fresh
     multi-MB temporary costs page faults every time).
     """
     starts: list[int] = []
@@ -131,8 +133,7 @@ def _scan_vectorized(a: np.ndarray, pos: int, end: int, max_message: int, mask=N
     # Candidates: 0x81 (a final TEXT frame) -- one compare pass. A BINARY frame (0x82) is not a
     # candidate, so the chain stops before it and Connection.receive takes it (pinned by
     # test_scan.py).
-    out = mask[: len(seg)] if mask is not None and len(mask) >= len(seg) else None
-    cand = np.flatnonzero(np.equal(seg, 0x81, out=out)) + pos
+    cand = find_all(seg, 0x81, mask) + pos
     if not len(cand) or cand[0] != pos:
         return empty
     b1 = a[cand + 1].astype(np.int64)
