@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -92,6 +93,14 @@ def test_other_balancer_through_the_original_cli(tmp_path):
                 "--balancer", f"{sys.executable} -m tb lb")  # fmt: skip
     assert r["ok"] and r["delivered"] == 2000 and r["balancer"] != "tb"
     assert int(r["tb"]["routed"]) == 2000  # tb lb prints the same summary line
+
+
+def test_the_floor_relay_delivers_every_trade(tmp_path):
+    # tools/floor_relay.py, the README's floor for a trickle's latency, must measure a whole run
+    relay = Path(__file__).parent.parent / "tools" / "floor_relay.py"
+    r = profile(tmp_path, "--workload", "trickle", "--rate", "1000", "--trades", "800",
+                "--balancer", f"{sys.executable} {relay}")  # fmt: skip
+    assert r["ok"] and r["delivered"] == 800 and r["latency_us"]["count"] > 200
 
 
 def test_the_window_starts_at_the_servers_first_trade(tmp_path):
