@@ -41,7 +41,9 @@ def capture(tmp_path_factory):
 
 def test_sigkill_the_worker_ten_times_mid_stream(tmp_path, capture, replay_factory):
     path, payloads = capture
-    replay = replay_factory(str(path), "--rate", "3000", "--close-after")
+    # 20 s of stream: the ten kills take ~10 s (restart delays 0.1 s doubling to 1 s, the kill
+    # waits, ten worker start-ups), and every one must land while trades still flow
+    replay = replay_factory(str(path), "--rate", "2000", "--close-after")
     log = tmp_path / "log.txt"
     tb = LiveTb(
         ["run", replay.url, "--pipes", "4", "--key", "k", "--once", "--restart", "always",
