@@ -18,10 +18,11 @@ import os
 import re
 import select
 import socket
-import subprocess
 import sys
 import zlib
 from urllib.parse import urlsplit
+
+from lb_cli import start
 
 TRADE = re.compile(rb'(\{"ev":"T","sym":"([^"]*)"[^}]*\})')
 
@@ -55,14 +56,8 @@ def send_text(sock: socket.socket, text: str) -> None:
 
 
 def main() -> int:
-    key, url, npipes, workdir, *worker = sys.argv[1:]
-    n = int(npipes)
-    pipes = [os.pipe() for _ in range(n)]
-    reads = [r for r, _ in pipes]
-    proc = subprocess.Popen([*worker, *map(str, reads)], cwd=workdir, pass_fds=reads)
-    for r in reads:
-        os.close(r)
-    fds = [w for _, w in pipes]
+    key, url, fds, proc = start(sys.argv[1:])
+    n = len(fds)
     u = urlsplit(url)
     sock = socket.create_connection((u.hostname, u.port or 80))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -10,22 +10,16 @@ from __future__ import annotations
 import json
 import os
 import struct
-import subprocess
 import sys
 import zlib
 
+from lb_cli import start
 from websockets.sync.client import connect
 
 
 def main() -> int:
-    key, url, npipes, workdir, *worker = sys.argv[1:]
-    n = int(npipes)
-    pipes = [os.pipe() for _ in range(n)]
-    reads = [r for r, _ in pipes]
-    proc = subprocess.Popen([*worker, *map(str, reads)], cwd=workdir, pass_fds=reads)
-    for r in reads:
-        os.close(r)
-    writes = [w for _, w in pipes]
+    key, url, writes, proc = start(sys.argv[1:])
+    n = len(writes)
     with connect(url, compression=None, max_size=None) as ws:
         ws.recv()
         ws.send(json.dumps({"action": "auth", "params": key}))
