@@ -57,6 +57,9 @@ __all__ = ["RunConfig", "Balancer", "EXIT_CODES", "MAX_RECV"]
 
 MAX_RECV = 4 << 20  # bytes per receive (and so per batch) at most
 SCAN_SCRATCH_MIN = 64 << 10  # smaller regions are scanned without the reused mask buffer
+# stop, flush the pipes, exit 0: SIGHUP too (a closed terminal), whose default would end tb
+# with records still queued
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 log = logging.getLogger("tb.run")
 
@@ -291,9 +294,7 @@ class Balancer:
         self._sig_r.setblocking(False)
         self._sig_w.setblocking(False)
         self._old_wakeup = signal.set_wakeup_fd(self._sig_w.fileno(), warn_on_full_buffer=False)
-        self._old_handlers = {
-            s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)
-        }
+        self._old_handlers = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
         self.loop.add_reader(self._sig_r.fileno(), self._drain_signal_fd)
 
     def _restore_signals(self) -> None:

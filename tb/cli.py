@@ -18,7 +18,8 @@ class CLIError(Exception):
 
 
 EXIT_HELP = """exit codes:
-  0  clean shutdown (SIGINT/SIGTERM, or --once and the server closed normally)
+  0  clean shutdown (SIGINT, SIGTERM or SIGHUP: the pipes are flushed first; or --once and the
+     server closed normally)
   1  internal error, or the pipes could not be drained at shutdown
   2  bad command line
   3  authentication failed (the server refused the key; the message names where it came from)

@@ -69,7 +69,7 @@ def main(args: argparse.Namespace) -> int:
     if os.path.isdir(args.out) or not os.access(folder, os.W_OK | os.X_OK):
         raise CLIError(f"cannot write {args.out}: not a writable file path")
     stop = []
-    for s in (signal.SIGINT, signal.SIGTERM):
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, lambda *_: stop.append(1))
     try:
         t = connect(url, cafile=args.cafile, insecure=args.insecure)

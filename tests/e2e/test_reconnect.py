@@ -83,7 +83,10 @@ def test_half_open_connection_is_detected(tmp_path):
     assert float(tb.final()["disconnected_s"]) > 0
 
 
-def test_sigterm_under_load_delivers_everything_received(tmp_path, replay_factory):
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name
+)
+def test_a_stop_signal_under_load_delivers_everything_received(tmp_path, replay_factory, sig):
     replay = replay_factory("--gen-profile", "burst", "--gen-trades", "300000", "--rate", "150000")
     log = tmp_path / "log.jsonl"
     worker = tmp_path / "count.py"
@@ -98,8 +101,9 @@ def test_sigterm_under_load_delivers_everything_received(tmp_path, replay_factor
     while time.monotonic() < deadline and "streaming" not in tb.text:
         time.sleep(0.05)
     time.sleep(0.8)  # mid-stream
-    tb.proc.send_signal(signal.SIGTERM)
+    tb.proc.send_signal(sig)
     assert tb.wait(30) == 0, tb.text[-3000:]
+    assert f"{sig.name}: stopping, flushing the pipes" in tb.text
     final = tb.final()
     routed = int(final["routed"])
     assert 0 < routed < 300000, "the signal came mid-stream"
