@@ -140,7 +140,10 @@ def feed_connection(
         conn.messages.clear()
         tail = buf[used:]
     if error is None:
-        check(len(tail) < 2 + 8 + 4 + max_message + 1 or not tail, "unbounded unconsumed tail")
+        # at most one frame's header and payload waits: a data frame's up to max_message + 1
+        # bytes (one past it is how an oversized one is seen), a control frame's up to 125
+        longest = max(max_message + 1, 125)
+        check(len(tail) < 2 + 8 + 4 + longest or not tail, "unbounded unconsumed tail")
     left = len(tail) if error is None else None
     counters = (conn.text_messages, conn.binary_messages, conn.pings, conn.pongs)
     check(counters[0] + counters[1] == len(messages), "message counters disagree with messages")
