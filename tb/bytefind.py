@@ -4,8 +4,8 @@ numpy's compare is one fast pass, but its nonzero costs ~0.25 ns per input byte 
 receive, most of the router's "}" pass). Packing the compare's mask into bits and searching the
 64-bit words instead reads an eighth as many elements; the bit index inside each word that holds
 a hit comes from a few vector steps over those words alone. A word holds the hits of 64 bytes:
-the frame and object ends searched for are at most two to a word in any feed (objects are far
-longer than 32 bytes), and a denser mask falls back to np.flatnonzero.
+the object ends and frame headers searched for are rarely two to a word (a feed's objects are
+longer than 64 bytes), and a mask with three in any word falls back to np.flatnonzero.
 """
 
 from __future__ import annotations
