@@ -37,6 +37,7 @@ from time import perf_counter
 
 import numpy as np
 
+from tb.cli import STOP_SIGNALS
 from tb.feed import DISCONNECT_REASONS, AuthFailed, FeedError, Session
 from tb.loop import Loop, choose_loop
 from tb.pipes import PipeError, PipeWriter, open_pipes, spawn_worker
@@ -57,9 +58,6 @@ __all__ = ["RunConfig", "Balancer", "EXIT_CODES", "MAX_RECV"]
 
 MAX_RECV = 4 << 20  # bytes per receive (and so per batch) at most
 SCAN_SCRATCH_MIN = 64 << 10  # smaller regions are scanned without the reused mask buffer
-# stop, flush the pipes, exit 0: SIGHUP too (a closed terminal), whose default would end tb
-# with records still queued
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 log = logging.getLogger("tb.run")
 

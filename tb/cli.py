@@ -6,6 +6,7 @@ import argparse
 import logging
 import math
 import os
+import signal
 import sys
 
 from tb import __version__
@@ -16,6 +17,10 @@ __all__ = ["main", "parse_size", "positive_int", "positive_float", "seconds", "c
 class CLIError(Exception):
     """A bad command line: printed as one line, exit code 2."""
 
+
+# tb run flushes the pipes and tb record closes its capture, then exit 0: SIGHUP too (a closed
+# terminal), whose default would end them with records still queued
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 EXIT_HELP = """exit codes:
   0  clean shutdown (SIGINT, SIGTERM or SIGHUP: the pipes are flushed first; or --once and the

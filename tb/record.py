@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 
-from tb.cli import add_logging_arguments, count, seconds
+from tb.cli import STOP_SIGNALS, add_logging_arguments, count, seconds
 
 __all__ = ["add_parser", "main"]
 
@@ -69,7 +69,7 @@ def main(args: argparse.Namespace) -> int:
     if os.path.isdir(args.out) or not os.access(folder, os.W_OK | os.X_OK):
         raise CLIError(f"cannot write {args.out}: not a writable file path")
     stop = []
-    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for s in STOP_SIGNALS:
         signal.signal(s, lambda *_: stop.append(1))
     try:
         t = connect(url, cafile=args.cafile, insecure=args.insecure)
