@@ -50,8 +50,8 @@ def scan_data_frames(
     `a` and `view` are the same buffer (a uint8 array, a memoryview), with at least 4 bytes of
     slack after `end`. Returns (payload starts, payload ends, opcodes, where scanning stopped):
     int64/uint8 arrays when many small frames were scanned vectorized, else lists. `mask`, a
-    bool array of at least end - pos + 63 elements (tb.bytefind), is scratch space reused across calls (a fresh
-    multi-MB temporary costs page faults every time).
+    bool array of at least end - pos + 63 elements (tb.bytefind), is scratch space reused
+    across calls (a fresh multi-MB temporary costs page faults every time).
     """
     starts: list[int] = []
     ends: list[int] = []
