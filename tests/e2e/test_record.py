@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import time
 
 import pytest
-from harness import run_tb, tb_cmd
+from harness import LiveTb, run_tb
 
 from tb.capture import read_capture
 
@@ -48,17 +46,11 @@ def test_record_with_a_wrong_key_exits_3(tmp_path, replay_factory):
 def test_record_stops_on_a_signal_with_a_whole_capture(tmp_path, replay_factory, sig):
     replay = replay_factory("--gen-profile", "quiet", "--gen-trades", "100000", "--rate", "2000")
     out = tmp_path / "live.tbcap"
-    env = {k: v for k, v in os.environ.items() if k not in ("POLYGON_API_KEY", "MASSIVE_API_KEY")}
-    proc = subprocess.Popen(tb_cmd("record", replay.url, str(out), "--key", "k"),
-                            stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and (not out.exists() or out.stat().st_size < 4096):
-            time.sleep(0.05)
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, err
-    assert "Traceback" not in err
+    tb = LiveTb(["record", replay.url, str(out), "--key", "k"])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (not out.exists() or out.stat().st_size < 4096):
+        time.sleep(0.05)
+    tb.proc.send_signal(sig)
+    assert tb.wait(30) == 0, tb.text[-3000:]
+    assert "Traceback" not in tb.text
     assert len(list(read_capture(str(out)))) > 5  # every record whole (a cut one would raise)
