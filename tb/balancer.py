@@ -42,7 +42,8 @@ from tb.feed import DISCONNECT_REASONS, AuthFailed, FeedError, Session
 from tb.loop import Loop, choose_loop
 from tb.pipes import PipeError, PipeWriter, open_pipes, spawn_worker
 from tb.route import Router
-from tb.route.spans import SPAN_PAD, Scratch, route_frames, route_small, route_spans
+from tb.route.hashing import HASHES
+from tb.route.spans import SPAN_PAD, Scratch, route_frames, route_small, route_spans, small_runs
 from tb.transport import FeedURL, TLSVerifyError, Transport, TransportError, connect
 from tb.ws import (
     Connection,
@@ -149,6 +150,7 @@ class Balancer:
         self.scratch = Scratch()  # the span router's buffers, reused batch after batch
         self.packed = np.zeros(0, np.uint8)  # the Connection's messages, for the span router
         self.symbol_pipes: dict[bytes, int] = {}  # the small-batch lane's symbol -> pipe cache
+        self.pick = HASHES[cfg.hash]  # (the small lane's hash function)
         self.room = len(self.arena) - SPAN_PAD  # data never goes past this: row reads need slack
         self.start = self.end = 0
         self.transport: Transport | None = None
@@ -658,13 +660,19 @@ class Balancer:
         end = self.end
         payloads = [self.view[at:end]]
         self.start = end  # (as after a scan: the frame is consumed)
-        batch = route_small(payloads, self.cfg.pipes, self.cfg.hash, self.symbol_pipes)
-        if batch is None:
+        got = small_runs(payloads, self.cfg.pipes, self.pick, self.symbol_pipes)
+        if got is None:
             if not self._route_general([at], [end], [1], payloads):
                 return
         else:
-            self.c.messages += 1
-            self._account(batch, t0)
+            # (_account's steps for a batch of trades only, the bare lists to submit_small)
+            runs, counts, used, n = got
+            c = self.c
+            c.messages += 1
+            if n:
+                self._write(self.writer.submit_small, runs, counts, used, t0)
+                c.events += n
+                c.routed += n
         if self.transport is None:
             return
         self.start = self.end = 0
@@ -797,20 +805,7 @@ class Balancer:
     def _account(self, batch, t0: float) -> None:
         c = self.c
         if batch.routed:
-            t1 = perf_counter()
-            if not c.routed:
-                self.cpu_first = time.process_time()
-                self.t_first = t1
-            stage = self.stage
-            stage[2] += t1 - t0
-            self.writer.submit(batch.runs, batch.counts, batch.used)
-            # (process_time is a slow syscall on some VMs: sampled here per batch only as wall
-            # time; the CPU end of the span is taken once a second in _tick and at the end)
-            self.t_last = t2 = perf_counter()
-            stage[3] += t2 - t1
-            counts, per_pipe = batch.counts, c.per_pipe
-            for i in range(len(counts)) if batch.used is None else batch.used:
-                per_pipe[i] += counts[i]
+            self._write(self.writer.submit, batch.runs, batch.counts, batch.used, t0)
         c.events += batch.events
         c.routed += batch.routed
         c.fallback += batch.fallback
@@ -822,6 +817,25 @@ class Balancer:
             )
         if batch.statuses:
             self._on_statuses(batch.statuses)
+
+    def _write(self, submit, runs: list, counts: list[int], used, t0: float) -> None:
+        """Hand routed runs to the writer (`submit`: its method for this kind of batch), timing
+        route (since t0) and write; before the batch's trades are added to the routed count."""
+        c = self.c
+        t1 = perf_counter()
+        if not c.routed:
+            self.cpu_first = time.process_time()
+            self.t_first = t1
+        stage = self.stage
+        stage[2] += t1 - t0
+        submit(runs, counts, used)
+        # (process_time is a slow syscall on some VMs: sampled here per batch only as wall
+        # time; the CPU end of the span is taken once a second in _tick and at the end)
+        self.t_last = t2 = perf_counter()
+        stage[3] += t2 - t1
+        per_pipe = c.per_pipe
+        for i in range(len(counts)) if used is None else used:
+            per_pipe[i] += counts[i]
 
     def _on_statuses(self, statuses: list[dict]) -> None:
         session = self.session

@@ -338,16 +338,54 @@ class PipeWriter:
             if n == size:
                 written_records[i] += counts[i]
                 continue
-            if n:
-                self.partial_writes += 1
-            done, boundary = _complete_records(run, 0, n)  # walks only the written prefix
-            written_records[i] += done
-            self._enqueue(i, _detach(run, boundary), n - boundary, counts[i] - done)
+            self._short(i, run, n, counts[i])
         self.writes += writes
         if self.queued_bytes >= self.max_buffer:
             self._over = True
         if error is not None:
             raise error
+
+    def submit_small(self, runs: list, counts: list[int], used: list[int]) -> None:
+        """submit() for a small batch: runs[i] for i in `used` are bytes or bytearrays (never
+        spliced). The same writes, queueing, counters and errors in fewer steps (a trickle's
+        receive: its time is per bytecode)."""
+        if self._closed:
+            raise PipeError("the pipe writer is closed")
+        error: PipeError | None = None
+        fds, queues, pipe_in = self.fds, self._queues, self.pipe_in
+        written_bytes, written_records, write = self.written_bytes, self.written_records, os.write
+        for i in used:
+            run = runs[i]
+            if queues[i]:
+                self._enqueue(i, _detach(run, 0), 0, counts[i])  # behind what is queued
+                continue
+            self.writes += 1
+            try:
+                n = write(fds[i], run)
+            except BlockingIOError:
+                self.eagain += 1
+                n = 0
+            except OSError as exc:
+                error = error or self._error(i, exc, len(run), counts[i])
+                continue
+            written_bytes[i] += n
+            pipe_in[i] += n
+            if n == len(run):
+                written_records[i] += counts[i]
+                continue
+            self._short(i, run, n, counts[i])
+        if self.queued_bytes >= self.max_buffer:
+            self._over = True
+        if error is not None:
+            raise error
+
+    def _short(self, i: int, run: Buffer, n: int, records: int) -> None:
+        """Pipe i took n of run's bytes (a partial write, or none): queue the rest."""
+        if n:
+            self.partial_writes += 1
+        done, boundary = _complete_records(run, 0, n)  # walks only the written prefix
+        self.written_records[i] += done
+        self._enqueue(i, _detach(run, boundary), n - boundary, records - done)
 
     def _enqueue(self, i: int, data: memoryview, off: int, records: int) -> None:
         queue = self._queues[i]

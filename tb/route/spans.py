@@ -642,6 +642,21 @@ def route_small(
 
     For batches too small for numpy's fixed cost (a quiet feed's 1-5 trades per receive).
     `cache` maps symbols to pipes across calls (symbols repeat; FNV in Python is slow).
+    small_runs does the work; this wraps its lists as a RouteBatch."""
+    got = small_runs(payloads, npipes, HASHES[hash_name], cache)
+    if got is None:
+        return None
+    runs, counts, used, n = got
+    return RouteBatch(runs, counts, n, n, [], 0, 0, 0, [], used)  # (positional: cheaper)
+
+
+def small_runs(
+    payloads: list, npipes: int, pick, cache: dict[bytes, int]
+) -> tuple[list, list[int], list[int], int] | None:
+    """route_small's batch as bare lists -- (runs, counts, used, trades), `pick` the hash
+    function (HASHES) -- for a caller that writes them at once (a trickle's receive, where
+    each step counts); None if unusual.
+
     The messages are joined with "\n" (which no object can contain, so no match crosses from one
     message into the next) and one regular-expression pass finds every object (_SMALL_OBJECT).
     The matches never overlap, so they cover the text after its first "[" exactly when their
@@ -652,7 +667,6 @@ def route_small(
     if text[:1] != b"[" or text[-1:] != b"]":
         return None
     found = _SMALL_OBJECT.findall(text, 1)
-    pick = HASHES[hash_name]
     runs: list = [None] * npipes
     counts = [0] * npipes
     used: list[int] = []
@@ -690,6 +704,9 @@ def route_small(
         rest = [p for p in payloads if len(p) != 2 or p != b"[]"]
         if len(rest) == len(payloads):
             return None
-        return route_small(rest, npipes, hash_name, cache) if rest else _empty(npipes)
-    n = len(found)
-    return RouteBatch(runs, counts, n, n, [], 0, 0, 0, [], used)  # (positional: cheaper)
+        return (
+            small_runs(rest, npipes, pick, cache)
+            if rest
+            else ([None] * npipes, [0] * npipes, [], 0)
+        )
+    return runs, counts, used, len(found)

@@ -361,3 +361,60 @@ def test_many_megabytes_through_small_pipes_to_a_slow_reader(
         assert state["peak"] < max_buffer + len(arena)  # over by at most one batch
     else:
         assert drains == []
+
+
+def _counters(w: PipeWriter) -> tuple:
+    return (w.written_bytes, w.written_records, w.queued_bytes_per_pipe, w.queued_records,
+            w.writes, w.eagain, w.partial_writes, w.pipe_in)  # fmt: skip
+
+
+@pytest.mark.parametrize("fill", [0, 5, SMALL - 300, SMALL])
+def test_submit_small_writes_and_counts_as_submit_does(loop, pipes, pool, fill):
+    """The small lane's submit_small against submit, batch after batch on twin pipes (pipe 1
+    prefilled, so its writes are partial or refused and later runs queue behind): the same
+    bytes in every pipe and the same counters after each batch and after draining."""
+    twins = [pipes(3, SMALL), pipes(3, SMALL)]
+    writers = [PipeWriter(loop, ps.write_fds) for ps in twins]
+    for ps in twins:
+        if fill:
+            os.write(ps.write_fds[1], b"f" * fill)
+    recs = pool(fill, n=60)
+    rng = random.Random(fill)
+    for _ in range(12):
+        runs: list = [None, None, None]
+        counts, used = [0, 0, 0], []
+        for rec in rng.sample(recs, rng.randint(1, 6)):
+            i = rng.randrange(3)
+            if runs[i] is None:
+                runs[i] = bytearray()
+                used.append(i)
+            runs[i] += rec
+            counts[i] += 1
+        writers[0].submit(runs, counts, used)
+        writers[1].submit_small(runs, counts, used)
+        assert _counters(writers[0]) == _counters(writers[1])
+    if fill >= SMALL - 300:  # the case this is for: runs behind a short write or a full pipe
+        assert writers[1].queued_records and writers[1].partial_writes + writers[1].eagain
+    out = [[drain(fd) for fd in ps.read_fds] for ps in twins]
+    for w in writers:
+        deadline = time.monotonic() + 10
+        while w.queued_bytes and time.monotonic() < deadline:
+            loop.poll(0.1)
+    for k, ps in enumerate(twins):
+        for i, fd in enumerate(ps.read_fds):
+            out[k][i] += drain(fd)
+    assert out[0] == out[1] and _counters(writers[0]) == _counters(writers[1])
+    assert writers[1].queued_bytes == 0
+    assert sum(writers[1].written_records) == sum(len(records_in(o[fill if i == 1 else 0 :]))
+                                                  for i, o in enumerate(out[1]))  # fmt: skip
+
+
+def test_submit_small_epipe_names_the_pipe_and_still_writes_the_others(loop, pipes, frame):
+    ps = pipes(3, SMALL)
+    os.close(ps.read_fds[1])
+    w = PipeWriter(loop, ps.write_fds)
+    rec = frame(b"{}")
+    with pytest.raises(PipeError, match=r"pipe 1: no reader left \(EPIPE\)"):
+        w.submit_small([bytearray(rec)] * 3, [1, 1, 1], [2, 1, 0])
+    assert w.written_records == [1, 0, 1]
+    assert drain(ps.read_fds[0]) == drain(ps.read_fds[2]) == rec
