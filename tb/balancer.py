@@ -32,7 +32,7 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from time import perf_counter
 
 import numpy as np
@@ -131,7 +131,6 @@ class Counters:
     pauses: int = 0
     paused_s: float = 0.0
     worker_restarts: int = 0
-    per_pipe: list[int] = field(default_factory=list)
 
 
 class Balancer:
@@ -142,7 +141,7 @@ class Balancer:
         self.loop = loop or choose_loop(cfg.loop)
         self.loop.busy_poll = cfg.busy_poll
         self.router = Router(cfg.pipes, hash=cfg.hash, numpy_min_bytes=cfg.numpy_min_bytes)
-        self.c = Counters(per_pipe=[0] * cfg.pipes)
+        self.c = Counters()
         # The arena holds at least one whole message of max size plus its frame header.
         self.arena = bytearray(max(1 << 20, cfg.max_message + 64) + SPAN_PAD)
         self.view = memoryview(self.arena)
@@ -151,6 +150,8 @@ class Balancer:
         self.packed = np.zeros(0, np.uint8)  # the Connection's messages, for the span router
         self.symbol_pipes: dict[bytes, int] = {}  # the small-batch lane's symbol -> pipe cache
         self.pick = HASHES[cfg.hash]  # (the small lane's hash function)
+        self.small_max = self.router.numpy_min_bytes  # smaller batches take the small lane
+        self.max_message = cfg.max_message
         self.room = len(self.arena) - SPAN_PAD  # data never goes past this: row reads need slack
         self.start = self.end = 0
         self.transport: Transport | None = None
@@ -578,8 +579,8 @@ class Balancer:
             # (control frames, fragments, a partial frame) goes through the Connection below.
             size = self.end - self.start
             framed = None
-            if size < self.router.numpy_min_bytes:
-                at = one_text_frame(view, self.start, self.end, self.cfg.max_message)
+            if size < self.small_max:
+                at = one_text_frame(view, self.start, self.end, self.max_message)
                 if at >= 0:  # one whole text frame: a trickle's usual receive
                     self._route_one(at, t1)
                     return
@@ -660,24 +661,30 @@ class Balancer:
         end = self.end
         payloads = [self.view[at:end]]
         self.start = end  # (as after a scan: the frame is consumed)
-        got = small_runs(payloads, self.cfg.pipes, self.pick, self.symbol_pipes)
-        if got is None:
-            if not self._route_general([at], [end], [1], payloads):
-                return
-        else:
-            # (_account's steps for a batch of trades only, the bare lists to submit_small)
-            runs, counts, used, n = got
-            c = self.c
-            c.messages += 1
-            if n:
-                self._write(self.writer.submit_small, runs, counts, used, t0)
-                c.events += n
-                c.routed += n
+        if not self._route_small(payloads, t0) and not self._route_general(
+            [at], [end], [1], payloads
+        ):
+            return
         if self.transport is None:
             return
         self.start = self.end = 0
         if self.writer.over_limit():
             self._pause_for_backpressure()
+
+    def _route_small(self, payloads: list, t0: float) -> bool:
+        """Route a small batch of trades the lean way (small_runs' lists to submit_small, and
+        _account's steps for trades only); False, having done nothing, if it is not one."""
+        got = small_runs(payloads, self.cfg.pipes, self.pick, self.symbol_pipes)
+        if got is None:
+            return False
+        runs, counts, used, n = got
+        c = self.c
+        c.messages += len(payloads)
+        if n:
+            self._write(self.writer.submit_small, runs, counts, used, t0)
+            c.events += n
+            c.routed += n
+        return True
 
     def _pause_for_backpressure(self) -> None:
         if not self.reading:
@@ -698,7 +705,13 @@ class Balancer:
         payloads = None
         if t0 is None:
             t0 = perf_counter()
-            batch, payloads = self._fast(starts, ends)
+            if ends[-1] - starts[0] < self.small_max:  # (as _fast would; the lean way first)
+                payloads = self._payloads(starts, ends)
+                if self._route_small(payloads, t0):
+                    return True
+                batch = None
+            else:
+                batch, payloads = self._fast(starts, ends)
         if batch is None:
             k = self._leading_statuses(starts, ends)
             if 0 < k < len(starts):
@@ -721,7 +734,7 @@ class Balancer:
         messages at starts/ends in the arena -- or, with `payloads`, these messages."""
         # numpy's fixed cost per batch (~0.5-1 ms) pays only for big batches; small ones (a
         # quiet feed's few trades per receive) take the same rules in plain Python
-        if ends[-1] - starts[0] >= self.router.numpy_min_bytes:
+        if ends[-1] - starts[0] >= self.small_max:
             arr = self.arr
             if payloads is not None:  # copied once into a padded buffer: rows read past the end
                 arr = self._packed(payloads, ends[-1])
@@ -833,9 +846,6 @@ class Balancer:
         # time; the CPU end of the span is taken once a second in _tick and at the end)
         self.t_last = t2 = perf_counter()
         stage[3] += t2 - t1
-        per_pipe = c.per_pipe
-        for i in range(len(counts)) if used is None else used:
-            per_pipe[i] += counts[i]
 
     def _on_statuses(self, statuses: list[dict]) -> None:
         session = self.session
@@ -906,7 +916,7 @@ class Balancer:
         c, w = self.c, self.writer
         written = sum(w.written_records) if w else 0
         queued = w.queued_records if w else 0
-        share = max(c.per_pipe) / c.routed * 100 if c.routed else 0.0
+        share = max(w.written_records) / written * 100 if written else 0.0  # (busiest pipe)
         state = "streaming" if self.session and self.session.streaming else "connecting"
         if self.transport is None:
             state = "disconnected"

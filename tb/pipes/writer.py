@@ -219,10 +219,11 @@ class PipeWriter:
         self.writes = 0  # write/writev/vmsplice syscalls made
         self.eagain = 0  # writes refused because the pipe was full
         self.partial_writes = 0  # writes the kernel took only part of
-        # splicing: bytes that ever entered each pipe, the pool, the buffer handed out last
+        # splicing: the bytes resync wrote back into each pipe (with written_bytes, all that
+        # ever entered it: pipe_in), the pool, the buffer handed out last
         self.splice = splice and _vmsplice is not None
         self.spliced_bytes = 0
-        self.pipe_in = [0] * n
+        self.rewritten = [0] * n
         self._pool: list[_Pinned] = []
         self._handed: _Pinned | None = None
         self._iov = _Iovec()
@@ -254,11 +255,16 @@ class PipeWriter:
         pinned.view = pinned.buf[:n]
         return pinned.view
 
+    @property
+    def pipe_in(self) -> list[int]:
+        """The bytes that ever entered each pipe: written, and written back by resync."""
+        return [w + r for w, r in zip(self.written_bytes, self.rewritten, strict=True)]
+
     def _consumed(self, fences: dict[int, int]) -> bool:
         """Whether every pipe's reader has read up to its fence."""
-        pipe_in, fds = self.pipe_in, self.fds
+        written, rewritten, fds = self.written_bytes, self.rewritten, self.fds
         for i, fence in fences.items():
-            if pipe_in[i] - _unread_bytes(fds[i]) < fence:
+            if written[i] + rewritten[i] - _unread_bytes(fds[i]) < fence:
                 return False
         return True
 
@@ -302,7 +308,7 @@ class PipeWriter:
         pinned = self._handed
         spliceable = pinned.view if pinned is not None else None
         # (locals: a quiet feed's batch is a few small runs, and its time is per bytecode)
-        fds, queues, pipe_in = self.fds, self._queues, self.pipe_in
+        fds, queues = self.fds, self._queues
         written_bytes, written_records, write = self.written_bytes, self.written_records, os.write
         writes = 0
         for i in range(len(runs)) if used is None else used:
@@ -324,7 +330,7 @@ class PipeWriter:
                     n = self._splice(fds[i], run)
                     if self.splice:
                         self.spliced_bytes += n
-                        pinned.fences[i] = pipe_in[i] + n
+                        pinned.fences[i] = written_bytes[i] + self.rewritten[i] + n
                 else:
                     n = write(fds[i], run)
             except BlockingIOError:
@@ -334,7 +340,6 @@ class PipeWriter:
                 error = error or self._error(i, exc, len(run), counts[i])
                 continue
             written_bytes[i] += n
-            pipe_in[i] += n
             if n == size:
                 written_records[i] += counts[i]
                 continue
@@ -352,14 +357,15 @@ class PipeWriter:
         if self._closed:
             raise PipeError("the pipe writer is closed")
         error: PipeError | None = None
-        fds, queues, pipe_in = self.fds, self._queues, self.pipe_in
+        fds, queues = self.fds, self._queues
         written_bytes, written_records, write = self.written_bytes, self.written_records, os.write
+        self.writes += len(used)  # (one each, but for runs queued behind others)
         for i in used:
             run = runs[i]
             if queues[i]:
+                self.writes -= 1
                 self._enqueue(i, _detach(run, 0), 0, counts[i])  # behind what is queued
                 continue
-            self.writes += 1
             try:
                 n = write(fds[i], run)
             except BlockingIOError:
@@ -369,7 +375,6 @@ class PipeWriter:
                 error = error or self._error(i, exc, len(run), counts[i])
                 continue
             written_bytes[i] += n
-            pipe_in[i] += n
             if n == len(run):
                 written_records[i] += counts[i]
                 continue
@@ -416,7 +421,6 @@ class PipeWriter:
             raise self._error(i, exc, self.queued_bytes_per_pipe[i], None) from None
         if n < sum(map(len, iov)):
             self.partial_writes += 1
-        self.pipe_in[i] += n
         self._consume(i, n)
         if not queue:
             self.loop.remove_writer(fd)
@@ -496,7 +500,7 @@ class PipeWriter:
         if keep:
             # The pipe is empty now and held all of it a moment ago: this write cannot be short.
             n = os.write(fd, keep)
-            self.pipe_in[i] += n  # (what was read out counts as consumed: splice fences hold)
+            self.rewritten[i] += n  # (what was read out counts as consumed: splice fences hold)
             if n != len(keep):
                 raise PipeError(f"pipe {i}: could not put {len(keep) - n} bytes back after resync")
         if not queue:

@@ -664,7 +664,7 @@ def small_runs(
     """
     # (one message, the usual receive of a quiet feed, is scanned where it lies)
     text = payloads[0] if len(payloads) == 1 else b"\n".join(payloads)
-    if text[:1] != b"[" or text[-1:] != b"]":
+    if not text or text[0] != 91 or text[-1] != 93:  # "[...]"
         return None
     found = _SMALL_OBJECT.findall(text, 1)
     runs: list = [None] * npipes

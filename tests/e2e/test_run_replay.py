@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import sys
+from collections import Counter
 
 import pytest
 from harness import VERIFY_WORKER, check_delivery, expected_events, read_log, run_tb
@@ -55,10 +56,13 @@ def test_every_trade_arrives_once_in_order(
          "--", *worker(log)]
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    check_delivery(read_log(log), payloads, pipes, hash_name)
+    records = read_log(log)
+    check_delivery(records, payloads, pipes, hash_name)
     n = len(expected_events(payloads))
     final = [line for line in proc.stderr.splitlines() if "tb: final" in line]
     assert final and f"routed={n} written={n} queued=0" in final[0], proc.stderr[-2000:]
+    busiest = max(Counter(r["pipe"] for r in records).values())
+    assert f"max_pipe_share={busiest / n * 100:.1f}%" in final[0]  # what the worker got
     # the statuses take the general router, the trades (nearly all) the span router
     counters = dict(kv.split("=", 1) for kv in final[0].split() if "=" in kv)
     assert int(counters["statuses"]) <= int(counters["general"]) < n // 2, final[0]
