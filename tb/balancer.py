@@ -153,6 +153,7 @@ class Balancer:
         self.small_max = self.router.numpy_min_bytes  # smaller batches take the small lane
         self.max_message = cfg.max_message
         self.room = len(self.arena) - SPAN_PAD  # data never goes past this: row reads need slack
+        self.front = self.view[: min(self.room, MAX_RECV)]  # a receive into an empty arena
         self.start = self.end = 0
         self.transport: Transport | None = None
         self.ws: Connection | None = None
@@ -556,7 +557,10 @@ class Balancer:
         try:
             # One receive is one batch; capping it keeps --max-buffer a tight bound (checked after
             # each batch) while staying large enough that per-batch costs vanish per trade.
-            n = self.transport.recv_into(view[self.end : min(self.room, self.end + MAX_RECV)])
+            end = self.end
+            n = self.transport.recv_into(
+                self.front if not end else view[end : min(self.room, end + MAX_RECV)]
+            )
         except TransportError as exc:
             self._connection_lost(f"{exc}")
             return
@@ -577,10 +581,11 @@ class Balancer:
         if ws.state is State.OPEN and not ws.in_fragmented_message:
             # The plain data frames, as spans straight from the arena; whatever follows them
             # (control frames, fragments, a partial frame) goes through the Connection below.
-            size = self.end - self.start
+            start, end = self.start, self.end
+            size = end - start
             framed = None
             if size < self.small_max:
-                at = one_text_frame(view, self.start, self.end, self.max_message)
+                at = one_text_frame(view, start, end, self.max_message)
                 if at >= 0:  # one whole text frame: a trickle's usual receive
                     self._route_one(at, t1)
                     return

@@ -26,6 +26,8 @@ import itertools
 import time
 from collections.abc import Callable
 
+_monotonic = time.monotonic
+
 __all__ = ["Loop", "Timer", "LoopError", "choose_loop", "available_loops"]
 
 
@@ -61,7 +63,7 @@ class Loop:
 
     # -- timers ---------------------------------------------------------------------------------
     def time(self) -> float:
-        return time.monotonic()
+        return _monotonic()
 
     def call_later(self, delay: float, callback: Callable[[], object]) -> Timer:
         timer = Timer(self.time() + max(0.0, delay), callback)
@@ -78,13 +80,19 @@ class Loop:
             for cb in soon:
                 cb()
         timers = self._timers
-        now = self.time()
-        while timers and (timers[0][0] <= now or timers[0][2].cancelled):
-            _, _, timer = heapq.heappop(timers)
+        if not timers:
+            return 0.0 if self._soon else None
+        # (once per turn of the loop: a trickle's wake-up pays for each step here)
+        now = _monotonic()
+        while timers:
+            deadline, _, timer = timers[0]
+            if deadline > now and not timer.cancelled:
+                break
+            heapq.heappop(timers)
             if not timer.cancelled:
                 timer.cancelled = True
                 timer.callback()
-                now = self.time()
+                now = _monotonic()
         if self._soon:
             return 0.0
         if not timers:

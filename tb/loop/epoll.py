@@ -9,6 +9,7 @@ from tb.loop import Loop
 
 _IN = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR
 _OUT = select.EPOLLOUT
+_OUT_ERR = _OUT | select.EPOLLERR
 
 
 class EpollLoop(Loop):
@@ -65,7 +66,7 @@ class EpollLoop(Loop):
                 cb = readers.get(fd)
                 if cb is not None:
                     cb()
-            if ev & (_OUT | select.EPOLLERR):
+            if ev & _OUT_ERR:
                 cb = writers.get(fd)
                 if cb is not None:
                     cb()
