@@ -45,6 +45,7 @@ string inside an object is passed on as the feed sent it, where Router counts it
 from __future__ import annotations
 
 import re
+from operator import itemgetter
 
 import numpy as np
 
@@ -633,6 +634,7 @@ _SMALL_OBJECT = re.compile(
     % (_CH, _CH, _CH, SYM_ROW - 1, _CH, _CH, _CH, SYM_ROW - 1, _CH, SYM_ROW - 1)
 )
 _LEN4 = [k.to_bytes(4, "little") for k in range(4096)]  # record headers, made once
+_OBJ, _SEP = itemgetter(0), itemgetter(4)  # of a _SMALL_OBJECT match: the object, what follows
 
 
 def route_small(
@@ -671,8 +673,7 @@ def small_runs(
     counts = [0] * npipes
     used: list[int] = []
     len4 = _LEN4
-    covered = 1
-    for obj, sym, pair, fx, sep in found:
+    for obj, sym, pair, fx, _ in found:
         if not sym:
             # named by pair or p: unless the object has a sym key (or, for p, a pair key)
             # further on (the placement rule, tb.route.fast_rules); none can be escaped here
@@ -698,8 +699,8 @@ def small_runs(
         run += len4[size] if size < 4096 else size.to_bytes(4, "little")
         run += obj
         counts[pipe] += 1
-        covered += size + len(sep)
-    if covered != len(text):
+    # (the objects' and separators' lengths added up in C: no step per trade)
+    if 1 + sum(map(len, map(_OBJ, found))) + sum(map(len, map(_SEP, found))) != len(text):
         # empty messages ("[]") hold no object to cover them: without them, once more
         rest = [p for p in payloads if len(p) != 2 or p != b"[]"]
         if len(rest) == len(payloads):
