@@ -8,8 +8,11 @@ Theory of operation:
 One receive is one batch: every complete frame in the arena is scanned, every complete message is
 routed at once, and each pipe gets at most one write. The plain text frames at the front of the
 arena are taken straight from it: a large receive by route_frames (its "}" pass finds the frames
-too), a smaller one by scan_data_frames and then the span router; what follows them (control
-frames, fragments, a partial frame) goes through ws.Connection. The payload views point into
+too), a smaller one by scan_data_frames and then the span router -- or, under numpy's
+crossover (a trickle's receive of a few trades), by the small lane: small_runs' bare per-pipe
+lists straight to PipeWriter.submit_small, each step counted as the wake-up's cost is per
+bytecode. What follows them (control frames, fragments, a partial frame) goes through
+ws.Connection. The payload views point into
 the arena and are dropped before the arena is compacted (the PipeWriter copies whatever it
 cannot write at once).
 Status objects come back from the router and drive the feed Session; what the session wants to
