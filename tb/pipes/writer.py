@@ -356,16 +356,15 @@ class PipeWriter:
         receive: its time is per bytecode)."""
         if self._closed:
             raise PipeError("the pipe writer is closed")
+        if self.queued_bytes:  # some pipe has a queue: runs may have to wait behind it
+            self.submit(runs, counts, used)
+            return
         error: PipeError | None = None
-        fds, queues = self.fds, self._queues
+        fds = self.fds
         written_bytes, written_records, write = self.written_bytes, self.written_records, os.write
-        self.writes += len(used)  # (one each, but for runs queued behind others)
+        self.writes += len(used)
         for i in used:
             run = runs[i]
-            if queues[i]:
-                self.writes -= 1
-                self._enqueue(i, _detach(run, 0), 0, counts[i])  # behind what is queued
-                continue
             try:
                 n = write(fds[i], run)
             except BlockingIOError:
