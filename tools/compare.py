@@ -2,7 +2,8 @@
 
     python3 tools/compare.py [--workloads burst,quiet,trickle] [--runs 3] \\
         [--balancer NAME=CMD ...] \\    # each CMD takes the C original's CLI
-        [--busy-poll USEC]             # also tb with tb run --busy-poll USEC
+        [--busy-poll USEC] \\           # also tb with tb run --busy-poll USEC
+        [--sleeping-worker]            # trickle: feed->worker, the worker sleeping in poll
 
 tb itself is always included. Each workload runs every balancer in turn, --runs times, and the
 table shows the median of each figure and the ratio to tb's. Uses tb profile's harness.
@@ -37,6 +38,7 @@ def profile_args(
         timeout=600.0,
         json=True,
         plot=None,
+        sleeping_worker=ns.sleeping_worker,
     )
 
 
@@ -53,6 +55,11 @@ def main() -> int:
     p.add_argument("--balancer", action="append", default=[], metavar="NAME=CMD")
     p.add_argument(
         "--busy-poll", type=int, default=0, metavar="USEC", help="add tb --busy-poll USEC"
+    )
+    p.add_argument(
+        "--sleeping-worker",
+        action="store_true",
+        help="trickle: measure feed->worker with a worker that sleeps in poll (tb profile's flag)",
     )
     ns = p.parse_args()
     ns.trades = {"burst": ns.burst_trades, "quiet": ns.quiet_trades, "trickle": int(ns.rate * 10)}
