@@ -159,6 +159,9 @@ def main(argv: list[str]) -> int:
         import fuzz_targets
     target = fuzz_targets.TARGETS[name]
     os.environ["TB_FUZZ_TARGET"] = name
+    if not os.path.exists(dirs[0]):  # libFuzzer writes new inputs there, but will not create it
+        os.makedirs(dirs[0])
+        print(f"tools/fuzz.py: created {dirs[0]} for the new inputs", file=sys.stderr)
     atheris.Setup([sys.argv[0], *flags, *dirs], target)
     atheris.Fuzz()
     return 0
