@@ -691,13 +691,16 @@ def small_runs(
             if len(cache) >= SYMBOL_CACHE_MAX:
                 cache.clear()
             pipe = cache[sym] = pick(sym, npipes)
-        run = runs[pipe]
-        if run is None:
-            run = runs[pipe] = bytearray()
-            used.append(pipe)
         size = len(obj)
-        run += len4[size] if size < 4096 else size.to_bytes(4, "little")
-        run += obj
+        record = (len4[size] if size < 4096 else size.to_bytes(4, "little")) + obj
+        run = runs[pipe]
+        if run is None:  # (a pipe's first record is its run: one concatenation, no bytearray)
+            runs[pipe] = record
+            used.append(pipe)
+        elif type(run) is bytes:
+            runs[pipe] = bytearray(run) + record  # a second record: from now on extended in place
+        else:
+            run += record
         counts[pipe] += 1
     # (the objects' and separators' lengths added up in C: no step per trade)
     if 1 + sum(map(len, map(_OBJ, found))) + sum(map(len, map(_SEP, found))) != len(text):
