@@ -44,7 +44,7 @@ from tb.ws import (
     reject_response,
     server_response,
 )
-from tb.ws.scan import as_list, scan_data_frames
+from tb.ws.scan import as_list, one_text_frame, scan_data_frames
 
 __all__ = ["TARGETS", "Violation"]
 
@@ -210,6 +210,17 @@ def _check_spans(
     check(s or stop == pos, f"scan found no frame but stopped at {stop}, not {pos}")
 
 
+def _check_one_frame(a, view: memoryview, start: int, end: int, max_message: int) -> None:
+    """one_text_frame (a trickle's shortcut) finds what scan_data_frames finds when the bytes
+    are exactly one text frame with a 7- or 16-bit length, and nothing otherwise."""
+    at = one_text_frame(view, start, end, max_message)
+    starts, ends, ops, stop = scan_data_frames(a, view, start, end, max_message)
+    starts, ops = _ints(starts), _ints(ops)
+    whole = len(starts) == 1 and stop == end and ops[0] == 1 and starts[0] - start <= 4
+    want = starts[0] if whole else -1
+    check(at == want, f"one_text_frame at {start}..{end}: {at} != {want} (scan {starts!r:.80})")
+
+
 def feed_balancer(stream: bytes, cuts: list[int], *, max_message: int, junk: int) -> tuple:
     """The balancer's receive path: the plain data frames by route_frames (a large receive in
     the balancer; every one here) or else scan_data_frames, Connection.receive the rest.
@@ -228,6 +239,7 @@ def feed_balancer(stream: bytes, cuts: list[int], *, max_message: int, junk: int
             continue
         arena[end:cut], end = stream[end:cut], cut
         if conn.state is State.OPEN and not conn.in_fragmented_message:
+            _check_one_frame(a, view, start, end, max_message)
             framed = route_frames(a, start, end, max_message, 3)
             if framed is not None:
                 starts, ends, stop = framed[1].tolist(), framed[2].tolist(), framed[3]
