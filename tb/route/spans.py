@@ -697,9 +697,9 @@ def small_runs(
         if run is None:  # (a pipe's first record is its run: one concatenation, no bytearray)
             runs[pipe] = record
             used.append(pipe)
-        elif type(run) is bytes:
-            runs[pipe] = bytearray(run) + record  # a second record: from now on extended in place
         else:
+            if type(run) is bytes:  # a second record: from now on extended in place
+                run = runs[pipe] = bytearray(run)
             run += record
         counts[pipe] += 1
     # (the objects' and separators' lengths added up in C: no step per trade)
