@@ -11,7 +11,8 @@ arena are taken straight from it: a large receive by route_frames (its "}" pass 
 too), a smaller one by scan_data_frames and then the span router -- or, under numpy's
 crossover (a trickle's receive of a few trades), by the small lane: small_runs' bare per-pipe
 lists straight to PipeWriter.submit_small, each step counted as the wake-up's cost is per
-bytecode. What follows them (control frames, fragments, a partial frame) goes through
+bytecode (and a receive of whole text frames only, the usual one, has them read by
+text_frames, without the scan). What follows them (control frames, fragments, a partial frame) goes through
 ws.Connection. The payload views point into
 the arena and are dropped before the arena is compacted (the PipeWriter copies whatever it
 cannot write at once).
@@ -56,7 +57,7 @@ from tb.ws import (
     client_request,
     parse_client_response,
 )
-from tb.ws.scan import as_list, one_text_frame, scan_data_frames, utf8_errors
+from tb.ws.scan import as_list, scan_data_frames, text_frames, utf8_errors
 
 __all__ = ["RunConfig", "Balancer", "EXIT_CODES", "MAX_RECV"]
 
@@ -588,9 +589,12 @@ class Balancer:
             size = end - start
             framed = None
             if size < self.small_max:
-                at = one_text_frame(view, start, end, self.max_message)
-                if at >= 0:  # one whole text frame: a trickle's usual receive
-                    self._route_one(at, t1)
+                payloads = text_frames(view, start, end, self.max_message)
+                # whole text frames of trades (a trickle's usual receive): the lean way, no scan
+                if payloads is not None and self._route_small(payloads, t1):
+                    self.start = self.end = 0
+                    if self.writer.over_limit():
+                        self._pause_for_backpressure()
                     return
             else:
                 # a large receive: its frames are found by the router's own byte pass
@@ -660,22 +664,6 @@ class Balancer:
             )
             return
         self._compact()
-        if self.writer.over_limit():
-            self._pause_for_backpressure()
-
-    def _route_one(self, at: int, t0: float) -> None:
-        """Route the receive's only frame, a whole text frame from `at` to the end (the same as
-        scanning it and _route_spans, with fewer steps: a trickle's time is per receive)."""
-        end = self.end
-        payloads = [self.view[at:end]]
-        self.start = end  # (as after a scan: the frame is consumed)
-        if not self._route_small(payloads, t0) and not self._route_general(
-            [at], [end], [1], payloads
-        ):
-            return
-        if self.transport is None:
-            return
-        self.start = self.end = 0
         if self.writer.over_limit():
             self._pause_for_backpressure()
 

@@ -11,7 +11,8 @@ balancer, start-up and shutdown excluded. (Not from the worker's first record: a
 route a few hundred thousand trades into the pipes before a slow-starting worker reads one.)
 RSS is reported as its median over that window (the steady state) and its peak. For `tb run`
 the report adds tb's own counters: syscalls per trade, time per stage (the frames of a large
-receive, or of a receive of one frame, are found inside route), the busiest pipe's share.
+receive, or of a small receive of whole text frames, are found inside route), the busiest
+pipe's share.
 
 Latency (`--workload trickle`): the server is paced and logs when each slice of frames went to
 the kernel; the worker stamps each record's `q` on arrival (CLOCK_MONOTONIC is shared by all

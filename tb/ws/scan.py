@@ -28,7 +28,7 @@ import numpy as np
 
 from ..bytefind import find_all
 
-__all__ = ["scan_data_frames", "one_text_frame", "utf8_errors", "as_list", "SMALL_FRAME"]
+__all__ = ["scan_data_frames", "text_frames", "utf8_errors", "as_list", "SMALL_FRAME"]
 
 SMALL_FRAME = 2048  # mean payload size below which the vectorized strategy pays (measured)
 _FRAME_HEAD = struct.Struct(">BBH").unpack_from  # first byte, length byte, a 16-bit length
@@ -75,21 +75,35 @@ def scan_data_frames(
     return starts, ends, ops, p
 
 
-def one_text_frame(view: memoryview, pos: int, end: int, max_message: int) -> int:
-    """Where the payload starts if view[pos:end] is exactly one final, unmasked TEXT frame with
-    a 7- or 16-bit length, else -1 (a trickle's usual receive: what scan_data_frames would find,
-    without its loop)."""
-    size = end - pos
-    if size < 4:  # (a payload of 0-1 bytes)
-        if size < 2 or view[pos] != 0x81:
-            return -1
-        return pos + 2 if view[pos + 1] == size - 2 and size - 2 <= max_message else -1
-    b0, b1, n = _FRAME_HEAD(view, pos)  # (one call for the three header fields)
-    if b0 != 0x81:
-        return -1
-    if b1 < 126:
-        return pos + 2 if b1 == size - 2 and b1 <= max_message else -1
-    return pos + 4 if b1 == 126 and n == size - 4 and n <= max_message else -1
+def text_frames(view: memoryview, pos: int, end: int, max_message: int) -> list | None:
+    """The payloads (views of `view`) if view[pos:end] is exactly a run of whole, final, unmasked
+    TEXT frames with 7- or 16-bit lengths, else None: a trickle's usual receive (one frame, or a
+    few), as scan_data_frames would find it, in fewer steps (no spans, no opcodes)."""
+    payloads = []
+    while True:
+        size = end - pos
+        if size < 4:  # (a last frame of 2-3 bytes: too short for one struct call)
+            if size < 2 or view[pos] != 0x81 or view[pos + 1] != size - 2 or size - 2 > max_message:
+                return None
+            payloads.append(view[pos + 2 : end])
+            return payloads
+        b0, b1, n = _FRAME_HEAD(view, pos)  # (one call for the three header fields)
+        if b0 != 0x81:
+            return None
+        if b1 < 126:
+            n = b1
+            pos += 2
+        elif b1 == 126:
+            pos += 4
+        else:  # (64-bit lengths, masked frames: scan_data_frames and the Connection)
+            return None
+        at = pos + n
+        if at > end or n > max_message:
+            return None
+        payloads.append(view[pos:at])
+        if at == end:
+            return payloads
+        pos = at
 
 
 def _scan_python(

@@ -177,6 +177,24 @@ def test_non_json_payload_is_counted_and_the_rest_is_delivered(tmp_path):
     check_delivery(read_log(log), good + ['[{"ev":"T","sym":"NVDA","i":"4","q":4}]'], 3)
 
 
+def test_whole_frames_in_one_receive_with_a_status_and_an_empty_message(tmp_path):
+    """Several whole frames sent in one piece (a trickle's receive when tb wakes late): trades, a
+    status between them, an empty message; then frames of trades only. Every trade arrives."""
+    good = [json.dumps([trade("AAPL", 1), trade("MSFT", 2)]), json.dumps([trade("A", 3)]),
+            json.dumps([trade("AAPL", 4)]), json.dumps([trade("MSFT", 5), trade("NVDA", 6)]),
+            json.dumps([trade("A", 7)])]  # fmt: skip
+    status = b'[{"ev":"status","status":"success","message":"subscribed to: Q.*"}]'
+    first = [frame(good[0].encode()), frame(status), frame(good[1].encode()), frame(b"[]"),
+             frame(good[2].encode())]  # fmt: skip
+    script = [b"".join(first), b"".join(frame(m.encode()) for m in good[3:]), b"\x88\x02\x03\xe8"]
+    proc, log = run_once_against(ScriptedFeed(script), tmp_path, 3)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    final = [ln for ln in proc.stderr.splitlines() if "tb: final" in ln][0]
+    assert "malformed=0" in final or "malformed" not in final, final
+    check_delivery(read_log(log), good, 3)
+
+
 @pytest.mark.parametrize("before", [0, 1, 40])
 def test_invalid_utf8_closes_1007_and_keeps_what_came_before(tmp_path, before):
     good = [json.dumps([trade("AAPL", q), trade("MSFT", q + 1000)]) for q in range(before)]

@@ -44,7 +44,7 @@ from tb.ws import (
     reject_response,
     server_response,
 )
-from tb.ws.scan import as_list, one_text_frame, scan_data_frames
+from tb.ws.scan import as_list, scan_data_frames, text_frames
 
 __all__ = ["TARGETS", "Violation"]
 
@@ -210,15 +210,17 @@ def _check_spans(
     check(s or stop == pos, f"scan found no frame but stopped at {stop}, not {pos}")
 
 
-def _check_one_frame(a, view: memoryview, start: int, end: int, max_message: int) -> None:
-    """one_text_frame (a trickle's shortcut) finds what scan_data_frames finds when the bytes
-    are exactly one text frame with a 7- or 16-bit length, and nothing otherwise."""
-    at = one_text_frame(view, start, end, max_message)
+def _check_text_frames(a, view: memoryview, start: int, end: int, max_message: int) -> None:
+    """text_frames (a trickle's shortcut) finds what scan_data_frames finds when the bytes are
+    exactly a run of text frames with 7- or 16-bit lengths, and nothing otherwise."""
+    got = text_frames(view, start, end, max_message)
     starts, ends, ops, stop = scan_data_frames(a, view, start, end, max_message)
-    starts, ops = _ints(starts), _ints(ops)
-    whole = len(starts) == 1 and stop == end and ops[0] == 1 and starts[0] - start <= 4
-    want = starts[0] if whole else -1
-    check(at == want, f"one_text_frame at {start}..{end}: {at} != {want} (scan {starts!r:.80})")
+    starts, ends, ops = _ints(starts), _ints(ends), _ints(ops)
+    heads = [s - e for s, e in zip(starts, [start, *ends], strict=False)]
+    whole = bool(starts) and stop == end and set(ops) == {1} and max(heads) <= 4
+    want = [bytes(view[s:e]) for s, e in zip(starts, ends, strict=True)] if whole else None
+    got = got if got is None else [bytes(p) for p in got]
+    check(got == want, f"text_frames at {start}..{end}: {got!r:.80} != {want!r:.80}")
 
 
 def feed_balancer(stream: bytes, cuts: list[int], *, max_message: int, junk: int) -> tuple:
@@ -239,7 +241,7 @@ def feed_balancer(stream: bytes, cuts: list[int], *, max_message: int, junk: int
             continue
         arena[end:cut], end = stream[end:cut], cut
         if conn.state is State.OPEN and not conn.in_fragmented_message:
-            _check_one_frame(a, view, start, end, max_message)
+            _check_text_frames(a, view, start, end, max_message)
             framed = route_frames(a, start, end, max_message, 3)
             if framed is not None:
                 starts, ends, stop = framed[1].tolist(), framed[2].tolist(), framed[3]

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tb.ws import Connection, Opcode, ProtocolError, encode_frame
-from tb.ws.scan import one_text_frame, scan_data_frames
+from tb.ws.scan import scan_data_frames, text_frames
 
 
 def payload(rng: random.Random, n: int) -> bytes:
@@ -147,22 +147,29 @@ def test_random_streams_and_splits(sizes, cut):
     assert via_scan(data)[:2] == via_connection(data)[:2]
 
 
-def _one_frame_by_scan(data: bytes, max_message: int) -> int:
-    """What scan_data_frames says of `data` as a one-frame receive: the payload start or -1."""
+def _text_frames_by_scan(data: bytes, max_message: int) -> list[bytes] | None:
+    """What scan_data_frames says of `data` as a receive of whole text frames with 7- or 16-bit
+    lengths: their payloads, or None."""
     buf = bytearray(data) + bytes(16)
     starts, ends, ops, stop = scan_data_frames(
         np.frombuffer(buf, np.uint8), memoryview(buf), 0, len(data), max_message
     )
-    if len(starts) == 1 and stop == len(data) and ops[0] == Opcode.TEXT:
-        return int(starts[0])
-    return -1
+    if not len(starts) or stop != len(data) or any(op != Opcode.TEXT for op in ops):
+        return None
+    prev = 0
+    for s, e in zip(starts, ends, strict=True):
+        if s - prev > 4:  # (a 64-bit length)
+            return None
+        prev = e
+    return [bytes(data[s:e]) for s, e in zip(starts, ends, strict=True)]
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 124, 125, 126, 127, 300, 65535, 65536])
 @pytest.mark.parametrize(
-    "kind", ["text", "binary", "masked", "fragment", "two", "cut", "trailing ping"]
+    "kind",
+    ["text", "binary", "masked", "fragment", "two", "three", "cut", "trailing ping", "text+binary"],
 )
-def test_one_text_frame_agrees_with_the_scan(n, kind):
+def test_text_frames_agrees_with_the_scan(n, kind):
     body = payload(random.Random(n), n)
     frame = encode_frame(
         Opcode.BINARY if kind == "binary" else Opcode.TEXT,
@@ -170,14 +177,20 @@ def test_one_text_frame_agrees_with_the_scan(n, kind):
         mask=kind == "masked",
         fin=kind != "fragment",
     )
+    small = encode_frame(Opcode.TEXT, b"[1]", mask=False)
     data = {
         "two": frame + frame,
+        "three": small + frame + encode_frame(Opcode.TEXT, b"", mask=False),
         "cut": frame[:-1],
         "trailing ping": frame + encode_frame(Opcode.PING, b"", mask=False),
+        "text+binary": frame + encode_frame(Opcode.BINARY, b"[]", mask=False),
     }.get(kind, frame)
     for max_message in (1 << 20, 125):
-        got = one_text_frame(memoryview(data), 0, len(data), max_message)
-        want = _one_frame_by_scan(data, max_message) if n < 65536 else -1  # (64-bit: the scan's)
-        assert got == want, (kind, n, max_message)
+        # (with nothing after the data, and with a header's worth of other bytes after it)
+        for view in (memoryview(data), memoryview(bytearray(data) + b"\x81\x7e\x00\x00")):
+            got = text_frames(view, 0, len(data), max_message)
+            # (64-bit lengths: the scan's, not text_frames')
+            want = _text_frames_by_scan(data, max_message) if n < 65536 else None
+            assert (got if got is None else [bytes(p) for p in got]) == want, (kind, n, max_message)
         if kind == "text" and n < 65536 and n <= max_message:
-            assert got == len(frame) - n  # right after the header
+            assert got is not None and len(got) == 1 and bytes(got[0]) == body
