@@ -691,17 +691,20 @@ def small_runs(
             if len(cache) >= SYMBOL_CACHE_MAX:
                 cache.clear()
             pipe = cache[sym] = pick(sym, npipes)
-        size = len(obj)
-        record = (len4[size] if size < 4096 else size.to_bytes(4, "little")) + obj
+        try:
+            record = len4[len(obj)] + obj
+        except IndexError:  # (an object of 4 KiB or more)
+            record = len(obj).to_bytes(4, "little") + obj
         run = runs[pipe]
         if run is None:  # (a pipe's first record is its run: one concatenation, no bytearray)
             runs[pipe] = record
+            counts[pipe] = 1
             used.append(pipe)
         else:
             if type(run) is bytes:  # a second record: from now on extended in place
                 run = runs[pipe] = bytearray(run)
             run += record
-        counts[pipe] += 1
+            counts[pipe] += 1
     # (the objects' and separators' lengths added up in C: no step per trade)
     if 1 + sum(map(len, map(_OBJ, found))) + sum(map(len, map(_SEP, found))) != len(text):
         # empty messages ("[]") hold no object to cover them: without them, once more
