@@ -98,6 +98,7 @@ def test_long_records_long_symbols_and_the_arena_start():
         ),
         message([trade("Z" * 31, 4), trade("QQQ", 5, "y" * (ROW - 60))]),
         b"[]",
+        message([trade("QQQ", 7, "z" * 5000), trade("A", 8)]),  # a record of over 4 KiB
         message([trade("MSFT", 6, spaced=True)], spaced=True),
     ]
     for lead in (0, 1, 5):
