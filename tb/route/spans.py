@@ -633,6 +633,11 @@ _SMALL_OBJECT = re.compile(
     rb")[ -\[\]-|~]*\})(, ?|\]\n\[|\]\Z)"
     % (_CH, _CH, _CH, SYM_ROW - 1, _CH, _CH, _CH, SYM_ROW - 1, _CH, SYM_ROW - 1)
 )
+# _SMALL_OBJECT's first alternative, compact, alone: the real stocks feed's objects (its groups
+# the same, pair and p always empty)
+_COMPACT_SYM_OBJECT = re.compile(
+    rb'(\{"ev":"%s","sym":"(%s{1,%d})"()()[ -\[\]-|~]*\})(,|\]\n\[|\]\Z)' % (_CH, _CH, SYM_ROW - 1)
+)
 _LEN4 = [k.to_bytes(4, "little") for k in range(4096)]  # record headers, made once
 _OBJ, _SEP = itemgetter(0), itemgetter(4)  # of a _SMALL_OBJECT match: the object, what follows
 
@@ -668,7 +673,23 @@ def small_runs(
     text = payloads[0] if len(payloads) == 1 else b"\n".join(payloads)
     if not text or text[0] != 91 or text[-1] != 93:  # "[...]"
         return None
-    found = _SMALL_OBJECT.findall(text, 1)
+    # The real feed's stocks objects first, by the shorter pattern (cheaper with cold caches, as
+    # a trickle's are); whatever it does not cover, by the whole one. (Where the short one covers
+    # the text, the whole one finds the same matches: its first alternative is the same.)
+    # The objects' and separators' lengths are added up in C: no step per trade.
+    found = _COMPACT_SYM_OBJECT.findall(text, 1)
+    if 1 + sum(map(len, map(_OBJ, found))) + sum(map(len, map(_SEP, found))) != len(text):
+        found = _SMALL_OBJECT.findall(text, 1)
+        if 1 + sum(map(len, map(_OBJ, found))) + sum(map(len, map(_SEP, found))) != len(text):
+            # empty messages ("[]") hold no object to cover them: without them, once more
+            rest = [p for p in payloads if len(p) != 2 or p != b"[]"]
+            if len(rest) == len(payloads):
+                return None
+            return (
+                small_runs(rest, npipes, pick, cache)
+                if rest
+                else ([None] * npipes, [0] * npipes, [], 0)
+            )
     runs: list = [None] * npipes
     counts = [0] * npipes
     used: list[int] = []
@@ -705,15 +726,4 @@ def small_runs(
                 run = runs[pipe] = bytearray(run)
             run += record
             counts[pipe] += 1
-    # (the objects' and separators' lengths added up in C: no step per trade)
-    if 1 + sum(map(len, map(_OBJ, found))) + sum(map(len, map(_SEP, found))) != len(text):
-        # empty messages ("[]") hold no object to cover them: without them, once more
-        rest = [p for p in payloads if len(p) != 2 or p != b"[]"]
-        if len(rest) == len(payloads):
-            return None
-        return (
-            small_runs(rest, npipes, pick, cache)
-            if rest
-            else ([None] * npipes, [0] * npipes, [], 0)
-        )
     return runs, counts, used, len(found)
