@@ -12,10 +12,9 @@ too), a smaller one by scan_data_frames and then the span router -- or, under nu
 crossover (a trickle's receive of a few trades), by the small lane: small_runs' bare per-pipe
 lists straight to PipeWriter.submit_small, each step counted as the wake-up's cost is per
 bytecode (and a receive of whole text frames only, the usual one, has them read by
-text_frames, without the scan). What follows them (control frames, fragments, a partial frame) goes through
-ws.Connection. The payload views point into
-the arena and are dropped before the arena is compacted (the PipeWriter copies whatever it
-cannot write at once).
+text_frames, without the scan). What follows them (control frames, fragments, a partial
+frame) goes through ws.Connection. The payload views point into the arena and are dropped
+before the arena is compacted (the PipeWriter copies whatever it cannot write at once).
 Status objects come back from the router and drive the feed Session; what the session wants to
 send goes out as masked text frames. When the queued bytes pass --max-buffer the socket stops being
 read (TCP backpressure) until the pipes drain. The worker's death arrives on its pidfd, signals on
@@ -588,14 +587,16 @@ class Balancer:
             start, end = self.start, self.end
             size = end - start
             framed = None
+            lean = True  # (the small lane may be tried)
             if size < self.small_max:
                 payloads = text_frames(view, start, end, self.max_message)
-                # whole text frames of trades (a trickle's usual receive): the lean way, no scan
-                if payloads is not None and self._route_small(payloads, t1):
-                    self.start = self.end = 0
-                    if self.writer.over_limit():
-                        self._pause_for_backpressure()
-                    return
+                if payloads is not None:  # whole text frames only: a trickle's usual receive
+                    if self._route_small(payloads, t1):  # of trades: the lean way, no scan
+                        self.start = self.end = 0
+                        if self.writer.over_limit():
+                            self._pause_for_backpressure()
+                        return
+                    lean = False  # (declined: the scan below finds the same frames)
             else:
                 # a large receive: its frames are found by the router's own byte pass
                 framed = route_frames(
@@ -624,7 +625,7 @@ class Balancer:
                 if len(starts):
                     self.start = stop
                     stage[1] += perf_counter() - t1
-                    routed = self._route_spans(starts, ends, ops)
+                    routed = self._route_spans(starts, ends, ops, lean=lean)
             if len(starts):
                 if not routed or self.transport is None:
                     return
@@ -694,16 +695,17 @@ class Balancer:
         self.paused_since = self.overflow_warned = time.monotonic()
         self.c.pauses += 1
 
-    def _route_spans(self, starts, ends, ops, t0=None, batch=None) -> bool:
+    def _route_spans(self, starts, ends, ops, t0=None, batch=None, lean=True) -> bool:
         """Route the scanned data frames; False if the connection failed (bad UTF-8).
 
-        With `t0`, route_frames (started at t0) has made the feed-shaped attempt: its `batch`."""
+        With `t0`, route_frames (started at t0) has made the feed-shaped attempt: its `batch`.
+        Not `lean`: the small lane has declined these frames already."""
         payloads = None
         if t0 is None:
             t0 = perf_counter()
             if ends[-1] - starts[0] < self.small_max:  # (as _fast would; the lean way first)
                 payloads = self._payloads(starts, ends)
-                if self._route_small(payloads, t0):
+                if lean and self._route_small(payloads, t0):
                     return True
                 batch = None
             else:
