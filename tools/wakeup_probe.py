@@ -76,7 +76,10 @@ def probe_timing(out: str) -> None:
     times: dict[str, list[int]] = {}
 
     def timed(owner, name: str, label: str) -> None:
-        f, xs = getattr(owner, name), times.setdefault(label, [])
+        f = getattr(owner, name, None)
+        if f is None:  # (a step this version of tb does not have: another version, A/B)
+            return
+        xs = times.setdefault(label, [])
 
         def probe(*args):
             t = ns()
