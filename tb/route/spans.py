@@ -638,6 +638,7 @@ _SMALL_OBJECT = re.compile(
 _COMPACT_SYM_OBJECT = re.compile(
     rb'(\{"ev":"%s","sym":"(%s{1,%d})"()()[ -\[\]-|~]*\})(,|\]\n\[|\]\Z)' % (_CH, _CH, SYM_ROW - 1)
 )
+_SMALL_PATTERNS = (_COMPACT_SYM_OBJECT, _SMALL_OBJECT)  # (tried in this order)
 _LEN4 = [k.to_bytes(4, "little") for k in range(4096)]  # record headers, made once
 _OBJ, _SEP = itemgetter(0), itemgetter(4)  # of a _SMALL_OBJECT match: the object, what follows
 
@@ -676,20 +677,21 @@ def small_runs(
     # The real feed's stocks objects first, by the shorter pattern (cheaper with cold caches, as
     # a trickle's are); whatever it does not cover, by the whole one. (Where the short one covers
     # the text, the whole one finds the same matches: its first alternative is the same.)
-    # The objects' and separators' lengths are added up in C: no step per trade.
-    found = _COMPACT_SYM_OBJECT.findall(text, 1)
-    if 1 + sum(map(len, map(_OBJ, found))) + sum(map(len, map(_SEP, found))) != len(text):
-        found = _SMALL_OBJECT.findall(text, 1)
-        if 1 + sum(map(len, map(_OBJ, found))) + sum(map(len, map(_SEP, found))) != len(text):
-            # empty messages ("[]") hold no object to cover them: without them, once more
-            rest = [p for p in payloads if len(p) != 2 or p != b"[]"]
-            if len(rest) == len(payloads):
-                return None
-            return (
-                small_runs(rest, npipes, pick, cache)
-                if rest
-                else ([None] * npipes, [0] * npipes, [], 0)
-            )
+    for pattern in _SMALL_PATTERNS:
+        found = pattern.findall(text, 1)
+        # (the objects' and separators' lengths added up in C: no step per trade)
+        if 1 + sum(map(len, map(_OBJ, found))) + sum(map(len, map(_SEP, found))) == len(text):
+            break
+    else:
+        # empty messages ("[]") hold no object to cover them: without them, once more
+        rest = [p for p in payloads if len(p) != 2 or p != b"[]"]
+        if len(rest) == len(payloads):
+            return None
+        return (
+            small_runs(rest, npipes, pick, cache)
+            if rest
+            else ([None] * npipes, [0] * npipes, [], 0)
+        )
     runs: list = [None] * npipes
     counts = [0] * npipes
     used: list[int] = []
