@@ -22,7 +22,7 @@ import sys
 import zlib
 from urllib.parse import urlsplit
 
-from lb_cli import start
+from lb_cli import run, start
 
 TRADE = re.compile(rb'(\{"ev":"T","sym":"([^"]*)"[^}]*\})')
 
@@ -110,4 +110,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

@@ -13,7 +13,7 @@ import struct
 import sys
 import zlib
 
-from lb_cli import start
+from lb_cli import run, start
 from websockets.sync.client import connect
 
 
@@ -38,4 +38,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))
