@@ -404,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
         except ImportError:
             continue
         module.add_parser(sub)
+    top.commands = sub.choices  # (main: a command's unrecognized arguments, said by it)
     return top
 
 
@@ -428,7 +429,10 @@ def main(argv: list[str] | None = None) -> int:
         cut = argv.index("--")
         argv, worker = argv[:cut], argv[cut + 1 :]
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        where = parser.commands.get(args.command, parser) if args.command else parser
+        where.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help()
         return 2

@@ -207,8 +207,11 @@ RUN_ARGS = ["run", "ws://127.0.0.1:1/", "--pipes", "2", "--key", "k"]  # all it 
     [
         (
             ["run", "ws://127.0.0.1:1/", "--pipes", "2", "--bogus", "--", "true"],
-            "unrecognized arguments",
+            "tb run: error: unrecognized arguments: --bogus (see tb run --help)",
         ),
+        (["replay", "--bogus"], "tb replay: error: unrecognized arguments: --bogus (see tb replay"),
+        (["check", "--bogus"], "(see tb check --help)"),
+        (["--bogus"], "tb: error: unrecognized arguments: --bogus (see tb --help)"),
         (["run", "ws://127.0.0.1:1/", "--pipes", "0", "--", "true"], "--pipes"),
         (["run", "http://x/", "--pipes", "2", "--key", "k", "--", "true"], "ws://"),
         (["run", "ws://127.0.0.1:1/", "--pipes", "2", "--", "true"], "no API key"),
