@@ -112,6 +112,7 @@ class RunConfig:
     idle_timeout: float = 60.0  # nothing at all received for this long: the peer is gone
     on_overflow: str = "block"  # block | exit, once the bound has held for overflow_timeout
     overflow_timeout: float = 30.0
+    stall_warning: float = 10.0  # warn when a pipe's queue has not moved for this long (0: never)
     restart: str = "on-failure"  # always | on-failure | never
     max_restarts: int = 10  # more restarts than this within restart_window: give up (exit 4)
     restart_window: float = 60.0
@@ -187,6 +188,8 @@ class Balancer:
         self.cpu_first = self.cpu_last = 0.0
         self.t_first = self.t_last = 0.0
         self._routed_at_tick = 0
+        # pipe -> [its written_bytes when last seen moving, when, warned]: pipes with a queue
+        self._stalls: dict[int, list] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------
     def run(self) -> int:
@@ -422,6 +425,8 @@ class Balancer:
         if self.c.routed != self._routed_at_tick:
             self._routed_at_tick = self.c.routed
             self.cpu_last = time.process_time()
+        if self.cfg.stall_warning and (self.writer.queued_bytes or self._stalls):
+            self._check_stalls(time.monotonic())
         if self.transport is None or self.ws is None or not self.upgraded:
             return
         cfg = self.cfg
@@ -442,6 +447,38 @@ class Balancer:
             self.last_ping = now
             self.ws.send_ping(b"tb")
             self._send(self.ws.data_to_send())
+
+    def _check_stalls(self, now: float) -> None:
+        """Warn once about each pipe whose queue its reader has not taken from for
+        --stall-warning seconds (a live worker not reading it: nothing else would say so until
+        --max-buffer fills), and say when it moves again."""
+        w, stalls, argv_fds = self.writer, self._stalls, self.pipeset.read_fds
+        for i, queued in enumerate(w.queued_bytes_per_pipe):
+            seen = stalls.get(i)
+            if not queued:
+                if seen is not None:
+                    del stalls[i]
+                    if seen[2]:
+                        log.info(
+                            "pipe %d (worker fd %d) drained: its reader is back", i, argv_fds[i]
+                        )
+                continue
+            written = w.written_bytes[i]
+            if seen is None or seen[0] != written:
+                if seen is not None and seen[2]:
+                    log.info("pipe %d (worker fd %d) is being read again", i, argv_fds[i])
+                stalls[i] = [written, now, False]
+            elif not seen[2] and now - seen[1] >= self.cfg.stall_warning:
+                seen[2] = True
+                log.warning(
+                    "pipe %d (worker fd %d): its reader has taken nothing for %.0f s; %d records "
+                    "(%d KiB) wait behind it. Is the worker reading every pipe it was given?",
+                    i,
+                    argv_fds[i],
+                    now - seen[1],
+                    w.queued_records_in(i),
+                    queued >> 10,
+                )
 
     def _handshake_timeout(self) -> None:
         if self.session is not None and not self.session.streaming:

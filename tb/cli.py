@@ -161,6 +161,14 @@ def add_run_arguments(p: argparse.ArgumentParser, *, positional: bool = True) ->
         help="how long the bound may hold before --on-overflow applies (default 30)",
     )
     p.add_argument(
+        "--stall-warning",
+        type=seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="warn when a pipe has records queued and its reader has taken nothing for this"
+        " long (default 10; 0: never)",
+    )
+    p.add_argument(
         "--max-message",
         type=parse_size,
         default=16 << 20,
@@ -320,6 +328,7 @@ def _run_config(args: argparse.Namespace, worker: list[str]):
         restart=args.restart,
         on_overflow=args.on_overflow,
         overflow_timeout=args.overflow_timeout,
+        stall_warning=args.stall_warning,
         ping_interval=args.ping_interval,
         idle_timeout=args.idle_timeout,
         max_restarts=args.max_restarts,

@@ -507,6 +507,10 @@ class PipeWriter:
         return lost
 
     # -- back-pressure, shutdown ----------------------------------------------------------------
+    def queued_records_in(self, i: int) -> int:
+        """How many records wait in pipe i's queue."""
+        return sum(chunk.records for chunk in self._queues[i])
+
     def over_limit(self) -> bool:
         """True while queued_bytes >= max_buffer: the caller should stop reading its socket."""
         if self.queued_bytes >= self.max_buffer:

@@ -105,3 +105,74 @@ def test_on_overflow_exit_when_the_worker_stops_reading(tmp_path, replay_factory
     )  # fmt: skip
     assert run.returncode == 7, run.stderr[-2000:]
     assert "cannot keep up" in run.stderr and "Traceback" not in run.stderr
+
+
+IGNORES_PIPE_0 = """
+import os, select, struct, sys, time
+out, fds = sys.argv[1], [int(a) for a in sys.argv[2:]]
+records, bufs, live = 0, {fd: b"" for fd in fds}, set(fds)
+until = time.monotonic() + 3.0  # pipe 0 is left alone for 3 s, then read like the rest
+while live:
+    watch = [fd for fd in live if fd != fds[0] or time.monotonic() >= until]
+    ready, _, _ = select.select(watch, [], [], 0.1)
+    for fd in ready:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            live.discard(fd)
+            continue
+        buf, pos = bufs[fd] + chunk, 0
+        while pos + 4 <= len(buf) and pos + 4 + struct.unpack_from("<I", buf, pos)[0] <= len(buf):
+            pos += 4 + struct.unpack_from("<I", buf, pos)[0]
+            records += 1
+        bufs[fd] = buf[pos:]
+open(out, "w").write(str(records))
+"""
+
+
+def test_a_pipe_its_reader_leaves_alone_is_named_and_nothing_is_lost(tmp_path, replay_factory):
+    # The worker is alive but does not read pipe 0: nothing else would say so until the whole
+    # --max-buffer filled. tb names the pipe after --stall-warning, and again once it moves.
+    # (The feed is paced over 5 s: the stall happens while streaming, not in the final flush.)
+    replay = replay_factory("--gen-profile", "burst", "--gen-trades", "100000", "--rate", "20000",
+                            "--close-after")  # fmt: skip
+    worker, out = tmp_path / "ignores.py", tmp_path / "records"
+    worker.write_text(IGNORES_PIPE_0)
+    run = run_tb(
+        ["run", replay.url, "--pipes", "2", "--key", "k", "--once", "--pipe-size", "64K",
+         "--stall-warning", "1", "--workdir", str(tmp_path),
+         "--", sys.executable, str(worker), str(out)],
+        timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    warned = re.findall(
+        r"pipe (\d) \(worker fd \d+\): its reader has taken nothing for (\d+) s; (\d+) records",
+        run.stderr,
+    )
+    assert len(warned) == 1 and warned[0][0] == "0", run.stderr[-3000:]
+    assert 1 <= int(warned[0][1]) < 3 and int(warned[0][2]) > 0
+    assert re.search(r"pipe 0 \(worker fd \d+\) (is being read again|drained)", run.stderr)
+    final = dict(kv.split("=", 1) for kv in run.stderr.splitlines()[-1].split() if "=" in kv)
+    assert final["routed"] == final["written"] == "100000"
+    assert out.read_text() == "100000"
+
+
+def test_no_stall_warning_for_a_worker_that_reads_every_pipe(tmp_path, replay_factory):
+    # pipe 0 read slowly (~2 MB/s) under a feed paced faster than that for 2.5 s: its queue
+    # stays up for seconds while streaming, but it moves, so it is not a stall
+    replay = replay_factory("--gen-profile", "burst", "--gen-trades", "150000", "--rate", "60000",
+                            "--close-after")  # fmt: skip
+    worker, out = tmp_path / "slow.py", tmp_path / "arrivals.json"
+    worker.write_text(SLOW_WORKER)
+    run = run_tb(
+        ["run", replay.url, "--pipes", "2", "--key", "k", "--once", "--pipe-size", "64K",
+         "--stall-warning", "1", "--stats", "0.5", "--workdir", str(tmp_path),
+         "--", sys.executable, str(worker), str(out)],
+        timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    streaming = run.stderr.split("connection ended")[0]
+    queued = re.findall(r"queue_per_pipe=0:(\d+)", streaming)
+    assert len(queued) >= 3, streaming[-3000:]  # (the premise: pipe 0 queued for > 1 s)
+    assert "its reader has taken nothing" not in run.stderr, run.stderr[-3000:]
+    arrivals = json.loads(out.read_text())
+    assert sum(len(v) for v in arrivals.values()) == 150000
