@@ -129,50 +129,48 @@ open(out, "w").write(str(records))
 """
 
 
+def paced_run(tmp_path, replay_factory, worker_source: str, trades: int, rate: int, *args: str):
+    """tb run --once, 2 pipes of 64 KiB, --stall-warning 1, over a burst feed of `trades` paced
+    at `rate`; the worker (worker_source) gets its output file's path before the pipes."""
+    replay = replay_factory("--gen-profile", "burst", "--gen-trades", str(trades), "--rate",
+                            str(rate), "--close-after")  # fmt: skip
+    worker, out = tmp_path / "worker.py", tmp_path / "worker.out"
+    worker.write_text(worker_source)
+    run = run_tb(
+        ["run", replay.url, "--pipes", "2", "--key", "k", "--once", "--pipe-size", "64K",
+         "--stall-warning", "1", *args, "--workdir", str(tmp_path),
+         "--", sys.executable, str(worker), str(out)],
+        timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stderr, out.read_text()
+
+
 def test_a_pipe_its_reader_leaves_alone_is_named_and_nothing_is_lost(tmp_path, replay_factory):
     # The worker is alive but does not read pipe 0: nothing else would say so until the whole
     # --max-buffer filled. tb names the pipe after --stall-warning, and again once it moves.
     # (The feed is paced over 5 s: the stall happens while streaming, not in the final flush.)
-    replay = replay_factory("--gen-profile", "burst", "--gen-trades", "100000", "--rate", "20000",
-                            "--close-after")  # fmt: skip
-    worker, out = tmp_path / "ignores.py", tmp_path / "records"
-    worker.write_text(IGNORES_PIPE_0)
-    run = run_tb(
-        ["run", replay.url, "--pipes", "2", "--key", "k", "--once", "--pipe-size", "64K",
-         "--stall-warning", "1", "--workdir", str(tmp_path),
-         "--", sys.executable, str(worker), str(out)],
-        timeout=60,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
+    stderr, records = paced_run(tmp_path, replay_factory, IGNORES_PIPE_0, 100000, 20000)
     warned = re.findall(
         r"pipe (\d) \(worker fd \d+\): its reader has taken nothing for (\d+) s; (\d+) records",
-        run.stderr,
+        stderr,
     )
-    assert len(warned) == 1 and warned[0][0] == "0", run.stderr[-3000:]
+    assert len(warned) == 1 and warned[0][0] == "0", stderr[-3000:]
     assert 1 <= int(warned[0][1]) < 3 and int(warned[0][2]) > 0
-    assert re.search(r"pipe 0 \(worker fd \d+\) (is being read again|drained)", run.stderr)
-    final = dict(kv.split("=", 1) for kv in run.stderr.splitlines()[-1].split() if "=" in kv)
+    assert re.search(r"pipe 0 \(worker fd \d+\) (is being read again|drained)", stderr)
+    final = dict(kv.split("=", 1) for kv in stderr.splitlines()[-1].split() if "=" in kv)
     assert final["routed"] == final["written"] == "100000"
-    assert out.read_text() == "100000"
+    assert records == "100000"
 
 
 def test_no_stall_warning_for_a_worker_that_reads_every_pipe(tmp_path, replay_factory):
     # pipe 0 read slowly (~2 MB/s) under a feed paced faster than that for 2.5 s: its queue
     # stays up for seconds while streaming, but it moves, so it is not a stall
-    replay = replay_factory("--gen-profile", "burst", "--gen-trades", "150000", "--rate", "60000",
-                            "--close-after")  # fmt: skip
-    worker, out = tmp_path / "slow.py", tmp_path / "arrivals.json"
-    worker.write_text(SLOW_WORKER)
-    run = run_tb(
-        ["run", replay.url, "--pipes", "2", "--key", "k", "--once", "--pipe-size", "64K",
-         "--stall-warning", "1", "--stats", "0.5", "--workdir", str(tmp_path),
-         "--", sys.executable, str(worker), str(out)],
-        timeout=120,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
-    streaming = run.stderr.split("connection ended")[0]
+    stderr, arrivals = paced_run(
+        tmp_path, replay_factory, SLOW_WORKER, 150000, 60000, "--stats", "0.5"
+    )
+    streaming = stderr.split("connection ended")[0]
     queued = re.findall(r"queue_per_pipe=0:(\d+)", streaming)
     assert len(queued) >= 3, streaming[-3000:]  # (the premise: pipe 0 queued for > 1 s)
-    assert "its reader has taken nothing" not in run.stderr, run.stderr[-3000:]
-    arrivals = json.loads(out.read_text())
-    assert sum(len(v) for v in arrivals.values()) == 150000
+    assert "its reader has taken nothing" not in stderr, stderr[-3000:]
+    assert sum(len(v) for v in json.loads(arrivals).values()) == 150000
