@@ -105,10 +105,16 @@ class Loop:
         self._running = True
         clock = time.monotonic
         spin_until = 0.0  # with busy_poll: the last event's time + busy_poll
+        timers = self._timers
         while self._running:
-            timeout = self._run_due()
-            if not self._running:
-                break
+            now = clock()
+            if not self._soon and timers and now < timers[0][0]:
+                # (nothing due: the usual turn on a trickle, in fewer steps than _run_due)
+                timeout = timers[0][0] - now
+            else:
+                timeout = self._run_due()
+                if not self._running:
+                    break
             if self.busy_poll and timeout != 0.0:
                 now = clock()
                 if now < spin_until:
