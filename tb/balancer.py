@@ -630,7 +630,8 @@ class Balancer:
                 if payloads is not None:  # whole text frames only: a trickle's usual receive
                     if self._route_small(payloads, t1):  # of trades: the lean way, no scan
                         self.start = self.end = 0
-                        if self.writer.over_limit():
+                        writer = self.writer  # (no queue, the usual case: no call)
+                        if writer.queued_bytes and writer.over_limit():
                             self._pause_for_backpressure()
                         return
                     lean = False  # (declined: the scan below finds the same frames)
