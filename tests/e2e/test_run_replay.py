@@ -20,6 +20,7 @@ def captures(tmp_path_factory):
     for name, args in {
         "burst": ["--profile", "burst", "--trades", "30000", "--symbols", "2000", "--seed", "3"],
         "quiet": ["--profile", "quiet", "--trades", "5000", "--seed", "4", "--style", "spaced"],
+        "trickle": ["--profile", "quiet", "--trades", "6000", "--seed", "5"],
     }.items():
         path = d / f"{name}.tbcap"
         proc = run_tb(["gen", str(path), *args])
@@ -35,6 +36,10 @@ def worker(log) -> list[str]:
 @pytest.mark.parametrize(
     "profile,pipes,hash_name,loop,busy_poll",
     [
+        # paced: receives of a few trades, the small lane's (text_frames, small_runs,
+        # submit_small), as a trickle's are
+        ("trickle", 32, "mixed", "epoll", "0"),
+        ("trickle", 4, "compat", "epoll", "0"),
         ("burst", 4, "mixed", "epoll", "0"),
         ("quiet", 7, "compat", "epoll", "0"),
         ("burst", 32, "compat", "epoll", "0"),
@@ -48,7 +53,8 @@ def test_every_trade_arrives_once_in_order(
     tmp_path, captures, replay_factory, profile, pipes, hash_name, loop, busy_poll
 ):
     path, payloads = captures[profile]
-    replay = replay_factory(str(path), "--close-after")
+    pace = ["--rate", "6000"] if profile == "trickle" else []
+    replay = replay_factory(str(path), "--close-after", *pace)
     log = tmp_path / "log.jsonl"
     proc = run_tb(
         ["run", replay.url + "/stocks", "--pipes", str(pipes), "--key", "k", "--once",
@@ -66,6 +72,8 @@ def test_every_trade_arrives_once_in_order(
     # the statuses take the general router, the trades (nearly all) the span router
     counters = dict(kv.split("=", 1) for kv in final[0].split() if "=" in kv)
     assert int(counters["statuses"]) <= int(counters["general"]) < n // 2, final[0]
+    if profile == "trickle":  # (paced: receives of a few trades each, as meant)
+        assert int(counters["recvs"]) > n // 30, final[0]
     assert "Traceback" not in proc.stderr
 
 
