@@ -716,16 +716,7 @@ class Balancer:
         c = self.c
         c.messages += len(payloads)
         if n:
-            # (_write's steps, written out: a trickle's wake-up pays for each call)
-            t1 = perf_counter()
-            if not c.routed:
-                self.cpu_first = time.process_time()
-                self.t_first = t1
-            self.writer.submit_small(runs, counts, used)
-            self.t_last = t2 = perf_counter()
-            stage = self.stage
-            stage[2] += t1 - t0
-            stage[3] += t2 - t1
+            self._write(self.writer.submit_small, runs, counts, used, t0)
             c.events += n
             c.routed += n
         return True
