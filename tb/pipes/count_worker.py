@@ -10,17 +10,19 @@ so `b"\\x00\\x00{"` occurs exactly once per record and bytes.count finds them at
 `--progress FILE` the running total is kept in an 8-byte little-endian counter at the start of
 FILE (mmap'd), followed by the CLOCK_MONOTONIC seconds of the first and the latest record (two
 float64) and the per-pipe counts (uint64 each), so a harness can watch it, and read the result
-even from a balancer whose pipes never reach EOF, without a pipe of its own. With `--latency` every record
-is parsed for its `"q"` (the trade's sequence number) and stamped with CLOCK_MONOTONIC on
-arrival; --out then holds those pairs. `--spin` busy-polls the pipes instead of sleeping in poll,
-so the stamp is taken when the record enters its pipe rather than after the worker's wake-up
-(tens to hundreds of microseconds on a VM): what the balancer adds, not what the worker's
-scheduler adds. It costs a core.
+even from a balancer whose pipes never reach EOF, without a pipe of its own. With `--latency`
+every record is parsed for its `"q"` (the trade's sequence number) and stamped with
+CLOCK_MONOTONIC when the read that completed it returned (a round of poll reads every ready pipe
+before any record is parsed: see Stamper); --out then holds those pairs. `--spin` busy-polls the
+pipes instead of sleeping in poll, so the stamp is taken when the record enters its pipe rather
+than after the worker's wake-up (tens to hundreds of microseconds on a VM): what the balancer
+adds, not what the worker's scheduler adds. It costs a core.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import mmap
 import os
@@ -87,45 +89,129 @@ def count(fds: list[int], progress: mmap.mmap | None) -> dict:
     return {"records": total, "per_pipe": records, "bytes": nbytes, "first": first, "last": last}
 
 
-def count_exactly(
-    fds: list[int],
-    progress: mmap.mmap | None,
-    latency: bool,
-    partial: dict | None = None,
-    spin: bool = False,
-) -> dict:
-    """Walk every header (and with latency, stamp each record's "q" on arrival).
-
-    `partial`, if given, holds the stamps so far (for a worker stopped by SIGTERM)."""
+def count_exactly(fds: list[int], progress: mmap.mmap | None, partial: dict | None = None) -> dict:
+    """Walk every header (--verify). `partial`, if given, holds the counts so far (for a worker
+    stopped by SIGTERM)."""
     records = [0] * len(fds)
     nbytes = [0] * len(fds)
-    stamps: list[tuple[int, int]] = []
     if partial is not None:
-        partial.update(records=0, per_pipe=records, bytes=nbytes, stamps=stamps, stopped=True)
+        partial.update(records=0, per_pipe=records, bytes=nbytes, stopped=True)
     total = 0
     first = last = 0.0
-    for pipe, record in read_records(fds, spin=spin):
+    for pipe, record in read_records(fds):
         records[pipe] += 1
         nbytes[pipe] += 4 + len(record)
         total += 1
-        if latency:
-            t = time.monotonic_ns()
-            k = record.find(b'"q"')
-            if k >= 0:
-                k = record.index(b":", k) + 1
-                end = k
-                while end < len(record) and record[end] in b" 0123456789":
-                    end += 1
-                stamps.append((int(record[k:end]), t))
         last = time.monotonic()
         if not first:
             first = last
         if progress is not None:
             _publish(progress, total, first, last, pipe, records[pipe])
-    out = {"records": total, "per_pipe": records, "bytes": nbytes, "first": first, "last": last}
-    if latency:
-        out["stamps"] = stamps
-    return out
+    return {"records": total, "per_pipe": records, "bytes": nbytes, "first": first, "last": last}
+
+
+class Stamper:
+    """--latency: each read of a pipe is stamped (CLOCK_MONOTONIC ns) as it returns, and every
+    record's "q" gets the stamp of the read that completed it; summary()["stamps"] holds the
+    (q, ns) pairs.
+
+    The records are walked only in summary(). A worker that parses as it reads (~3 us a record
+    in Python) stamps the records of a balancer that writes a dozen pipes at once a dozen
+    parses late, and misses the next writes while it parses: its own backlog, not the
+    balancer's latency. Here a round of poll reads every ready pipe and counts its records by
+    their marks (as count() does), nothing more. spin: poll without sleeping, so a record is
+    stamped microseconds after it enters its pipe (feed->pipe); else the worker's wake-up is
+    included (feed->worker). The bytes are kept until summary(): for latency runs (a trickle),
+    not for hours of feed.
+    """
+
+    def __init__(self, fds: list[int], progress: mmap.mmap | None, spin: bool = False) -> None:
+        self.fds = fds
+        self.progress = progress
+        self.spin = spin
+        self.chunks: list[list[bytes]] = [[] for _ in fds]
+        self.reads: list[list[tuple[int, int]]] = [[] for _ in fds]  # (bytes so far, ns)
+        self.first = self.last = 0.0
+
+    def run(self) -> None:
+        """Read every pipe to EOF (SIGTERM may end it sooner: summary() holds what was read)."""
+        fds, chunks, reads, progress = self.fds, self.chunks, self.reads, self.progress
+        index = {fd: i for i, fd in enumerate(fds)}
+        sizes = [0] * len(fds)
+        marks = [0] * len(fds)
+        tails = [b""] * len(fds)
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        timeout = 0 if self.spin else None
+        clock, read = time.monotonic_ns, os.read
+        live = len(fds)
+        total = 0
+        while live:
+            got = []
+            for fd, _ in poller.poll(timeout):
+                got.append((fd, read(fd, 1 << 16), clock()))  # (64 KiB: a fresh 1 MiB costs more)
+            for fd, chunk, t in got:
+                i = index[fd]
+                if not chunk:
+                    poller.unregister(fd)
+                    live -= 1
+                    continue
+                chunks[i].append(chunk)
+                sizes[i] += len(chunk)
+                reads[i].append((sizes[i], t))
+                n = (tails[i] + chunk[:2]).count(_MARK) + chunk.count(_MARK)
+                tails[i] = chunk[-2:]
+                if n:
+                    marks[i] += n
+                    total += n
+                    self.last = time.monotonic()
+                    self.first = self.first or self.last
+                    if progress is not None:
+                        _publish(progress, total, self.first, self.last, i, marks[i])
+
+    def summary(self, stopped: bool = False) -> dict:
+        """Walk every pipe's records; PipeError if a pipe that reached EOF ends inside one."""
+        unpack = struct.Struct("<I").unpack_from
+        per_pipe, nbytes, stamps = [], [], []
+        for i, chunks in enumerate(self.chunks):
+            data = b"".join(chunks)
+            ends = [size for size, _ in self.reads[i]]
+            times = [t for _, t in self.reads[i]]
+            pos = count = 0
+            while len(data) - pos >= 4:
+                stop = pos + 4 + unpack(data, pos)[0]
+                if stop > len(data):
+                    break
+                q = _sequence_number(data, pos + 4, stop)
+                if q is not None:
+                    stamps.append((q, times[bisect.bisect_left(ends, stop)]))
+                count += 1
+                pos = stop
+            if pos != len(data) and not stopped:
+                raise PipeError(
+                    f"pipe {i} (fd {self.fds[i]}) ended inside a record: "
+                    f"{len(data) - pos} bytes left over"
+                )
+            per_pipe.append(count)
+            nbytes.append(len(data))
+        out = {"records": sum(per_pipe), "per_pipe": per_pipe, "bytes": nbytes}
+        out.update(first=self.first, last=self.last, stamps=stamps)
+        if stopped:
+            out["stopped"] = True
+        return out
+
+
+def _sequence_number(buf: bytes, start: int, stop: int) -> int | None:
+    """The integer value of the "q" key in buf[start:stop] (a record's JSON), None if absent."""
+    k = buf.find(b'"q"', start, stop)
+    if k < 0:
+        return None
+    k = buf.index(b":", k, stop) + 1
+    end = k
+    while end < stop and buf[end] in b" 0123456789":
+        end += 1
+    return int(buf[k:end])
 
 
 class _Stopped(Exception):
@@ -167,8 +253,17 @@ def main(argv: list[str] | None = None) -> int:
         progress = mmap.mmap(handle.fileno(), size)
     partial: dict = {}
     try:
-        if args.latency or args.verify:
-            summary = count_exactly(fds, progress, args.latency, partial, args.spin)
+        if args.latency:
+            stamper = Stamper(fds, progress, args.spin)
+            stopped = False
+            try:
+                stamper.run()
+            except _Stopped:
+                stopped = True
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # (the summary is being made)
+            summary = stamper.summary(stopped)
+        elif args.verify:
+            summary = count_exactly(fds, progress, partial)
         else:
             summary = count(fds, progress)
     except PipeError as exc:
