@@ -145,7 +145,8 @@ class ReplayServer:
         max_connections: refuse (status max_connections, close 1008) beyond this many at once.
         ssl_context: serve wss:// (each connection's handshake runs in its own thread).
         send_log: if a list, (first_message, last_message, time.monotonic_ns()) is appended each
-            time a slice of frames has gone to the kernel (tb profile's latency measurement).
+            time a slice of frames has gone to the kernel (tb profile's latency measurement); the
+            time is taken just before the send that completed the slice.
         on_streaming: called with the client's address (from the connection's thread) when a
             client has subscribed and its trades start (tb replay prints "streaming to ADDR").
 
@@ -306,6 +307,7 @@ class _Session:
         self.pos = 0  # byte position in the stream buffer (current pass)
         self.chunk_end = 0  # end of the slice being sent; always a frame boundary
         self.chunk_frame = -1  # index of the frame ending at chunk_end
+        self.send_ns = 0  # monotonic ns just before the latest send of stream bytes
         self.frames_done = 0  # frames fully sent in the current pass
         self.pass_no = 0
         self.tally = _Tally()
@@ -593,6 +595,10 @@ class _Session:
     def _on_writable(self) -> None:
         while True:
             if self.pos < self.chunk_end:  # finish the slice in flight, whatever the phase
+                # (the send log's time is taken before the send that completes the slice: the
+                # bytes reach the client inside that call, and after it this thread may wait
+                # for the GIL, so a later stamp could make the client look faster than it is)
+                self.send_ns = time.monotonic_ns()
                 n = self._send(self.stream.view[self.pos : self.chunk_end])
                 self.pos += n
                 if self.pos < self.chunk_end:
@@ -621,7 +627,7 @@ class _Session:
         self.tally.bytes += int(s.ends[last]) - (int(s.ends[first - 1]) if first else 0)
         self.server._count(trades)
         if self.server.send_log is not None:
-            self.server.send_log.append((first, last, time.monotonic_ns()))
+            self.server.send_log.append((first, last, self.send_ns))
         self.frames_done = last + 1
         if self.frames_done == s.messages and self.phase == STREAMING:
             self.pass_no += 1
