@@ -81,6 +81,7 @@ class ProfileResult:
     fair_share: float = 0.0
     latency_us: dict = field(default_factory=dict)
     latency_kind: str = "feed->pipe"  # or feed->worker, with --sleeping-worker
+    send_times: str = ""  # where the latency's start comes from
     tb: dict = field(default_factory=dict)  # tb's own final counters
     samples: list = field(default_factory=list)  # (t, delivered, cpu_s)
     extra: int = 0  # records beyond the trades sent (a balancer that routes status messages)
@@ -322,6 +323,13 @@ def run_profile(args: argparse.Namespace, live: bool = True) -> ProfileResult:
         if latency and res.ok:
             if (work / "worker.json").exists():
                 res.latency_us = _latency(work / "worker.json", payloads, send_log)
+                kernel = sum(1 for entry in send_log if entry[3])
+                res.send_times = (
+                    "the kernel's transmit timestamps"
+                    if kernel == len(send_log)
+                    else f"taken before each send ({kernel:,} of {len(send_log):,} slices had"
+                    " a transmit timestamp)"
+                )
             else:
                 res.error = "the worker wrote no latency stamps"
         return res
@@ -515,7 +523,7 @@ def _latency(summary_path: Path, payloads: list[bytes], send_log: list) -> dict:
         for obj in json.loads(payload):
             msg_of_q[obj["q"]] = k
     sent = np.zeros(len(payloads), dtype=np.int64)
-    for first, last, t in send_log:
+    for first, last, t, _ in send_log:
         sent[first : last + 1] = t
     stamps = [(q, t) for q, t in summary["stamps"] if q in msg_of_q]
     if not stamps:
@@ -571,6 +579,8 @@ def format_result(r: ProfileResult) -> str:
             + "  ".join(f"{k} {v:,.0f} µs" for k, v in lat.items() if k != "count")
             + f"  ({lat['count']:,} trades)"
         )
+        if r.send_times:
+            lines.append(f"  sent at             {r.send_times}")
     return "\n".join(lines)
 
 

@@ -30,6 +30,7 @@ import selectors
 import signal
 import socket
 import ssl
+import struct
 import sys
 import threading
 import time
@@ -57,6 +58,12 @@ log = logging.getLogger("tb.replay")
 
 CHUNK = 1 << 20  # bytes per send() while streaming unpaced
 PACE_SLICE_S = 0.001
+# Transmit timestamps (linux/net_tstamp.h): the kernel's software timestamp of each send's last
+# byte as it goes to the device, keyed by that byte's offset in the stream; on loopback that is
+# the moment the bytes are handed to the client's socket.
+SO_TIMESTAMPING = getattr(socket, "SO_TIMESTAMPING", 37)
+_TX_STAMP_FLAGS = (1 << 1) | (1 << 4) | (1 << 7) | (1 << 11)  # TX_SOFTWARE, SOFTWARE, ID, TSONLY
+_SO_EE_ORIGIN_TIMESTAMPING = 4
 AUTH_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 5.0  # how long to wait for the peer's close reply
 RECV_SIZE = 65536
@@ -144,9 +151,11 @@ class ReplayServer:
         repeat: serve the capture this many times back to back on each connection.
         max_connections: refuse (status max_connections, close 1008) beyond this many at once.
         ssl_context: serve wss:// (each connection's handshake runs in its own thread).
-        send_log: if a list, (first_message, last_message, time.monotonic_ns()) is appended each
-            time a slice of frames has gone to the kernel (tb profile's latency measurement); the
-            time is taken just before the send that completed the slice.
+        send_log: if a list, (first_message, last_message, ns, kernel) is appended each time a
+            slice of frames has gone to the kernel (tb profile's latency measurement): ns is the
+            CLOCK_MONOTONIC time the kernel sent the slice's last byte on its way (its transmit
+            timestamp; kernel True), or where there is none (TLS, an older kernel) the time just
+            before the send that completed the slice (kernel False).
         on_streaming: called with the client's address (from the connection's thread) when a
             client has subscribed and its trades start (tb replay prints "streaming to ADDR").
 
@@ -308,6 +317,9 @@ class _Session:
         self.chunk_end = 0  # end of the slice being sent; always a frame boundary
         self.chunk_frame = -1  # index of the frame ending at chunk_end
         self.send_ns = 0  # monotonic ns just before the latest send of stream bytes
+        self.tx_stamps: dict[int, int] | None = None  # last byte's offset -> monotonic ns sent
+        self.tx_sent = 0  # bytes sent on this socket (the offsets tx_stamps are keyed by)
+        self.realtime_offset = 0  # CLOCK_REALTIME - CLOCK_MONOTONIC, in ns
         self.frames_done = 0  # frames fully sent in the current pass
         self.pass_no = 0
         self.tally = _Tally()
@@ -348,6 +360,8 @@ class _Session:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.server.ssl_context is None:
             sock.setblocking(False)
+            if self.server.send_log is not None:
+                self._start_tx_stamps()
         else:
             # wss: blocking sends with a timeout. A nonblocking SSL write that stalls must be
             # retried with the same bytes, and _shrink_chunk may shorten the slice in flight.
@@ -360,6 +374,8 @@ class _Session:
         self.deadline = time.monotonic() + AUTH_TIMEOUT_S
         try:
             while not stopping.is_set():
+                if self.tx_stamps is not None:
+                    self._collect_tx_stamps()  # (a full error queue would wake select at once)
                 wait = self._next_wait()
                 want = selectors.EVENT_READ | (selectors.EVENT_WRITE if wait == 0.0 else 0)
                 if want != mask:
@@ -627,7 +643,11 @@ class _Session:
         self.tally.bytes += int(s.ends[last]) - (int(s.ends[first - 1]) if first else 0)
         self.server._count(trades)
         if self.server.send_log is not None:
-            self.server.send_log.append((first, last, self.send_ns))
+            t = None
+            if self.tx_stamps is not None:
+                self._collect_tx_stamps()
+                t = self.tx_stamps.pop((self.tx_sent - 1) & 0xFFFFFFFF, None)
+            self.server.send_log.append((first, last, t or self.send_ns, t is not None))
         self.frames_done = last + 1
         if self.frames_done == s.messages and self.phase == STREAMING:
             self.pass_no += 1
@@ -654,9 +674,44 @@ class _Session:
 
     def _send(self, data: bytes | bytearray | memoryview) -> int:
         try:
-            return self.sock.send(data)
+            n = self.sock.send(data)
         except BlockingIOError:
             return 0
+        self.tx_sent += n
+        return n
+
+    def _start_tx_stamps(self) -> None:
+        """Ask for the kernel's transmit timestamps (before the first byte is sent, so their keys
+        are offsets from the start of the stream); the send log uses them when they come."""
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, _TX_STAMP_FLAGS)
+        except OSError:
+            return  # the log keeps the time taken before each send
+        self.realtime_offset = time.clock_gettime_ns(time.CLOCK_REALTIME) - time.monotonic_ns()
+        self.tx_stamps = {}
+
+    def _collect_tx_stamps(self) -> None:
+        """Move the transmit timestamps waiting in the socket's error queue into tx_stamps."""
+        stamps = self.tx_stamps
+        assert stamps is not None
+        while True:
+            try:
+                _, ancillary, _, _ = self.sock.recvmsg(
+                    0, 256, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT
+                )
+            except OSError:  # (BlockingIOError: none left)
+                return
+            t = key = None
+            for level, kind, data in ancillary:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPING and len(data) >= 16:
+                    sec, nsec = struct.unpack_from("qq", data)
+                    t = sec * 1_000_000_000 + nsec - self.realtime_offset
+                elif len(data) >= 16 and data[4] == _SO_EE_ORIGIN_TIMESTAMPING:
+                    key = struct.unpack_from("I", data, 12)[0]  # sock_extended_err.ee_data
+            if t is not None and key is not None:
+                if len(stamps) > 4096:  # (stamps of control bytes nobody asked for)
+                    stamps.clear()
+                stamps[key] = t
 
 
 # --- CLI --------------------------------------------------------------------------------------

@@ -148,6 +148,28 @@ def test_rate_paces_the_stream(server_factory):
     assert elapsed >= 0.2  # 3000 trades at 10k/s take 0.3 s; only a loose lower bound
 
 
+def test_send_log_holds_the_kernels_transmit_times(server_factory):
+    """Paced with a send log (tb profile's latency), every slice is logged with the time the
+    kernel sent its last byte (a transmit timestamp, in CLOCK_MONOTONIC): no later than the
+    client had it, in order, and covering every message once."""
+    quiet = list(generate(profile="quiet", trades=1_500, seed=5))
+    log: list = []
+    srv = server_factory(quiet, rate=3_000, send_log=log)
+    before = time.monotonic_ns()
+    with _connect(srv.url) as ws:
+        _login(ws)
+        received_at = []
+        for message in quiet:
+            assert ws.recv(timeout=TIMEOUT).encode() == message
+            received_at.append(time.monotonic_ns())
+    assert [first for first, *_ in log] == [0] + [last + 1 for _, last, *_ in log[:-1]]
+    assert log[-1][1] == len(quiet) - 1
+    assert all(kernel for *_, kernel in log)
+    times = [t for _, _, t, _ in log]
+    assert times == sorted(times) and times[0] > before
+    assert all(t <= received_at[last] for _, last, t, _ in log)
+
+
 @pytest.mark.parametrize(
     "message", ["hello", '{"action": "dance"}', '["auth"]', '{"action":"subscribe","params":"T.*"}']
 )
