@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import os
 import time
 from collections.abc import Callable
 
@@ -128,13 +129,19 @@ class Loop:
                 spin_until = clock() + self.busy_poll
 
     def _spin(self, until: float) -> bool:
-        """Poll without sleeping until an event (True) or the time `until` (False)."""
-        clock, poll = time.monotonic, self.poll
+        """Poll without sleeping until an event (True) or the time `until` (False).
+
+        Between polls the core is offered to any other runnable thread (sched_yield: returns at
+        once when there is none). A host with fewer cores than busy processes -- the feed's own
+        sender among them, on a test machine -- would otherwise wait for the spinner's time
+        slice to end before the data it is waiting for is even sent."""
+        clock, poll, offer = time.monotonic, self.poll, os.sched_yield
         while self._running:
             if poll(0):
                 return True
             if clock() >= until:
                 return False
+            offer()
         return True
 
     def stop(self) -> None:

@@ -292,6 +292,34 @@ def test_busy_poll_delivers_events_and_keeps_timers_on_time(loop, sockets):
     loop.remove_reader(b.fileno())
 
 
+def test_busy_poll_gives_way_to_another_process_on_its_core(loop, sockets):
+    """While it spins, the loop offers its core to whatever else is runnable there: pinned to
+    one core with a CPU-bound process, it takes a sliver of that core (a spinner that does not
+    yield takes its fair half, and a feed sender sharing the core waits for it)."""
+    a, b = sockets
+    cpu = min(os.sched_getaffinity(0))
+    hog = subprocess.Popen(
+        [sys.executable, "-c", "import os, time\nos.sched_setaffinity(0, {%d})\n"
+         "end = time.monotonic() + 10\nwhile time.monotonic() < end: pass" % cpu]
+    )  # fmt: skip
+    before = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {cpu})
+        time.sleep(0.3)  # (the hog is spinning on that core by now)
+        loop.busy_poll = 5.0
+        loop.add_reader(b.fileno(), lambda: b.recv(10))
+        a.send(b"x")  # the event after which the loop spins
+        cpu0, wall0 = time.process_time(), time.monotonic()
+        run_for(loop, 1.0)
+        share = (time.process_time() - cpu0) / (time.monotonic() - wall0)
+    finally:
+        os.sched_setaffinity(0, before)
+        hog.kill()
+        hog.wait()
+        loop.remove_reader(b.fileno())
+    assert share < 0.25, share
+
+
 def test_more_watches_than_submission_slots(loop):
     """1,200 pipes watched at once (the io_uring backend's queue holds 1,024 requests)."""
     import resource
