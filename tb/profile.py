@@ -14,12 +14,14 @@ the report adds tb's own counters: syscalls per trade, time per stage (the frame
 receive, or of a small receive of whole text frames, are found inside route), the busiest
 pipe's share.
 
-Latency (`--workload trickle`): the server is paced and logs the time just before the send that
-completed each slice of frames; the worker stamps each record's `q` with the time its read
-returned (CLOCK_MONOTONIC is shared by all processes), so the latency is arrival minus send, per
-trade. The worker busy-polls its pipes (count_worker --latency --spin: every ready pipe is read
-and stamped before any record is parsed), so a record is stamped microseconds after it enters
-its pipe: feed->pipe, what the balancer adds. With --sleeping-worker it sleeps in poll as a real worker does, and the figure is
+Latency (`--workload trickle`): the server is paced and logs when each slice of frames was sent:
+the kernel's transmit timestamp of its last byte, the moment loopback hands it to the balancer's
+socket (without one -- TLS -- the time just before the send; the report says which). The worker
+stamps each record's `q` with the time its read returned (CLOCK_MONOTONIC is shared by all
+processes), so the latency is arrival minus send, per trade. The worker busy-polls its pipes
+(count_worker --latency --spin: every ready pipe is read and stamped before any record is
+parsed), so a record is stamped microseconds after it enters its pipe: feed->pipe, what the
+balancer adds. With --sleeping-worker it sleeps in poll as a real worker does, and the figure is
 feed->worker (the worker's own wake-up included: 100-200 µs on this kind of VM).
 """
 
