@@ -299,8 +299,8 @@ def test_busy_poll_gives_way_to_another_process_on_its_core(loop, sockets):
     a, b = sockets
     cpu = min(os.sched_getaffinity(0))
     hog = subprocess.Popen(
-        [sys.executable, "-c", "import os, time\nos.sched_setaffinity(0, {%d})\n"
-         "end = time.monotonic() + 10\nwhile time.monotonic() < end: pass" % cpu]
+        [sys.executable, "-c", f"import os, time\nos.sched_setaffinity(0, {{{cpu}}})\n"
+         "end = time.monotonic() + 10\nwhile time.monotonic() < end: pass"]
     )  # fmt: skip
     before = os.sched_getaffinity(0)
     try:
