@@ -47,6 +47,7 @@ from tb.pipes import PipeError, PipeWriter, open_pipes, spawn_worker
 from tb.route import Router
 from tb.route.hashing import HASHES
 from tb.route.spans import SPAN_PAD, Scratch, route_frames, route_small, route_spans, small_runs
+from tb.sched import request_slice
 from tb.transport import FeedURL, TLSVerifyError, Transport, TransportError, connect
 from tb.ws import (
     Connection,
@@ -96,6 +97,7 @@ class RunConfig:
     max_message: int = 16 << 20
     loop: str = "auto"
     busy_poll: float = 0.0  # seconds the loop keeps polling after an event before it sleeps
+    sched_slice_us: int = 100  # the CPU time slice to ask the kernel for (0: its default)
     splice: bool = True  # vmsplice big batches' runs into the pipes (else copy them)
     pipe_size: int | None = None
     tls: bool | None = None  # None: by the URL's scheme
@@ -195,6 +197,12 @@ class Balancer:
     def run(self) -> int:
         """Start the worker, connect, run the loop; return the process exit code."""
         cfg = self.cfg
+        if cfg.sched_slice_us:  # (the worker, forked later, gets the kernel's default)
+            why = request_slice(cfg.sched_slice_us)
+            if why is None:
+                log.info("CPU time slice: %d µs (a wake-up preempts sooner)", cfg.sched_slice_us)
+            else:
+                log.info("CPU time slice: the kernel's default (%s)", why)
         try:
             self.pipeset = open_pipes(cfg.pipes, cfg.pipe_size)
             log.info(

@@ -225,6 +225,23 @@ def probe_cpus() -> Finding:
     return Finding("cpus", usable >= 2, detail, fix)
 
 
+def probe_slice() -> Finding:
+    """Whether tb can ask for a short CPU time slice (tb run --sched-slice; Linux 6.12+)."""
+    from tb.sched import request_slice  # (asks for this process only: tb check's own)
+
+    why = request_slice(100)
+    if why is None:
+        return Finding(
+            "slice", True, "a 100 µs CPU time slice can be asked for: tb's wake-ups preempt at once"
+        )
+    return Finding(
+        "slice",
+        False,
+        f"{why}: a wake-up of tb may wait for what else runs on its core",
+        "a kernel of 6.12 or later, or a core of tb's own (taskset, cpuset)",
+    )
+
+
 def probe_platform() -> Finding:
     ok = sys.platform == "linux" and hasattr(__import__("select"), "epoll")
     detail = f"{platform.system()} {platform.release()}, Python {platform.python_version()}"
@@ -241,6 +258,7 @@ def probe_all() -> list[Finding]:
         probe_splice(),
         probe_rmem(),
         probe_cpus(),
+        probe_slice(),
     ]
 
 
@@ -250,7 +268,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "check",
         help="what this machine supports (kTLS, io_uring, pipe sizes) and how to enable the rest",
         description="Probe the kernel for tb's fast paths: kernel TLS (which versions and "
-        "ciphers), io_uring, pipe and socket buffer limits, CPUs. Each line that is off names "
+        "ciphers), io_uring, pipe and socket buffer limits, CPUs, CPU time slices. Each line that is off names "
         "the command that would turn it on. Changes nothing.",
         epilog="exit status: 0 tb can run here (fast paths or not), 1 it cannot",
     )

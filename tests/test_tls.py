@@ -176,7 +176,7 @@ def test_tb_check_runs_and_names_the_fix():
     proc = e2e.run_tb(["check"])
     assert proc.returncode == 0, proc.stderr
     assert "tb can run here; fast paths on:" in proc.stdout
-    for name in ("kTLS", "io_uring", "pipes", "rmem_max", "cpus"):
+    for name in ("kTLS", "io_uring", "pipes", "rmem_max", "cpus", "slice"):
         assert re.search(rf"^{name} +(on|off) ", proc.stdout, re.M), proc.stdout
     from tb.loop import available_loops
 

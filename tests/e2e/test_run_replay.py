@@ -11,6 +11,7 @@ import pytest
 from harness import VERIFY_WORKER, check_delivery, expected_events, read_log, run_tb
 
 from tb.capture import CaptureWriter, read_capture
+from tb.sched import current_slice_ns
 
 
 @pytest.fixture(scope="module")
@@ -207,6 +208,40 @@ def test_key_is_not_on_the_workers_argv(tmp_path, replay_factory, captures):
     assert argv[1:] == fds.split(",") and len(argv) == 4
 
 
+@pytest.mark.parametrize("flag,want_us", [([], 100), (["--sched-slice", "500"], 500), (["--sched-slice", "0"], None)])  # fmt: skip
+def test_tb_asks_for_a_short_time_slice_and_its_worker_does_not_inherit_it(
+    tmp_path, replay_factory, captures, flag, want_us
+):
+    """tb runs with the CPU time slice it asked for (by default 100 us; 0: the kernel's own),
+    as /proc/PID/sched shows it while tb streams; its worker has the kernel's default."""
+    default_ns = current_slice_ns()
+    if default_ns is None:
+        pytest.skip("this kernel's /proc/PID/sched shows no se.slice")
+    path, _ = captures["quiet"]
+    replay = replay_factory(str(path), "--close-after")
+    script = tmp_path / "slice_worker.py"
+    script.write_text(
+        "import os, sys\n"
+        "from tb.pipes import read_records\n"
+        "from tb.sched import current_slice_ns\n"
+        "seen = None\n"
+        "for _ in read_records([int(a) for a in sys.argv[1:]]):\n"
+        "    if seen is None:  # tb is streaming: its loop runs\n"
+        "        seen = (current_slice_ns(os.getppid()), current_slice_ns())\n"
+        "open('slices.txt', 'w').write(repr(seen))\n"
+    )
+    proc = run_tb(
+        ["run", replay.url, "--pipes", "3", "--key", "k", "--once", "--workdir", str(tmp_path),
+         *flag, "--", sys.executable, str(script)]
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    if "CPU time slice: the kernel's default (" in proc.stderr and want_us:
+        pytest.skip(proc.stderr.split("CPU time slice: ", 1)[1].splitlines()[0])
+    tb_ns, worker_ns = eval((tmp_path / "slices.txt").read_text())
+    assert tb_ns == (want_us * 1000 if want_us else default_ns)
+    assert worker_ns == default_ns
+
+
 RUN_ARGS = ["run", "ws://127.0.0.1:1/", "--pipes", "2", "--key", "k"]  # all it needs but a worker
 
 
@@ -227,6 +262,8 @@ RUN_ARGS = ["run", "ws://127.0.0.1:1/", "--pipes", "2", "--key", "k"]  # all it 
         ([*RUN_ARGS, "--max-buffer", "lots", "--", "true"], "not a size"),
         ([*RUN_ARGS, "--busy-poll", "-5", "--", "true"], "--busy-poll"),
         ([*RUN_ARGS, "--busy-poll", "0.5", "--", "true"], "microseconds"),
+        ([*RUN_ARGS, "--sched-slice", "50", "--", "true"], "--sched-slice: must be 0"),
+        ([*RUN_ARGS, "--sched-slice", "200000", "--", "true"], "100 to 100,000"),
         ([*RUN_ARGS, "--stats", "-1", "--", "true"], "--stats"),
         ([*RUN_ARGS, "--idle-timeout", "nan", "--", "true"], "--idle-timeout"),
         (["demo", "--pipes", "0"], "--pipes"),
