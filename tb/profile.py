@@ -44,7 +44,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tb.cli import CLIError, add_logging_arguments, microseconds, positive_float, positive_int
+from tb.cli import (
+    CLIError,
+    add_logging_arguments,
+    microseconds,
+    positive_float,
+    positive_int,
+    slice_microseconds,
+)
 from tb.pipes.count_worker import progress_size, read_progress
 from tb.replay import LISTENING, STREAMING_TO
 
@@ -70,6 +77,7 @@ class ProfileResult:
     loop: str
     tls: str
     busy_poll_us: int = 0
+    sched_slice_us: int | None = None  # tb's --sched-slice (None: another balancer)
     style: str = "compact"  # the feed's JSON style (spaced: json.dumps' default)
     splice: bool = True  # tb's (tb run --no-splice: False)
     delivered: int = 0
@@ -139,6 +147,13 @@ def add_parser(subparsers) -> None:
         help="tb's busy polling (tb run --busy-poll; default 0)",
     )
     p.add_argument(
+        "--sched-slice",
+        type=slice_microseconds,
+        default=100,
+        metavar="USEC",
+        help="tb's CPU time slice (tb run --sched-slice; default 100, 0: the kernel's default)",
+    )
+    p.add_argument(
         "--no-splice",
         dest="splice",
         action="store_false",
@@ -179,6 +194,7 @@ def add_parser(subparsers) -> None:
         "loop": "--loop",
         "hash": "--hash",
         "busy_poll": "--busy-poll",
+        "sched_slice": "--sched-slice",
         "splice": "--no-splice",
     }
     tb_only = {k: (flag, p.get_default(k)) for k, flag in flags.items()}
@@ -270,6 +286,7 @@ def run_profile(args: argparse.Namespace, live: bool = True) -> ProfileResult:
     res = ProfileResult(args.workload, name, trades, args.pipes, args.loop, args.tls)
     if name == "tb":
         res.busy_poll_us = args.busy_poll
+        res.sched_slice_us = args.sched_slice
         res.splice = args.splice
     res.style = getattr(args, "style", "compact")
     if getattr(args, "sleeping_worker", False):
@@ -360,7 +377,7 @@ def _balancer_cmd(args, url: str, work: Path, worker: list[str]) -> list[str]:
         ]
     cmd = [sys.executable, "-m", "tb", "run", url, "--pipes", str(args.pipes), "--key", "profile-key",
            "--loop", args.loop, "--hash", args.hash, "--workdir", str(work), "--stats", "0",
-           "--busy-poll", str(args.busy_poll)]  # fmt: skip
+           "--busy-poll", str(args.busy_poll), "--sched-slice", str(args.sched_slice)]  # fmt: skip
     if not args.splice:
         cmd.append("--no-splice")
     if args.tls != "none":
@@ -552,6 +569,7 @@ def format_result(r: ProfileResult) -> str:
         f"tb profile: {r.workload}, {r.trades:,} trades, {r.pipes} pipes, balancer {r.balancer}"
         f"{'' if r.balancer != 'tb' else f', loop {r.loop}'}, tls {r.tls}"
         f"{f', busy-poll {r.busy_poll_us} us' if r.busy_poll_us else ''}"
+        f"{', sched-slice 0' if r.sched_slice_us == 0 else ''}"
         f"{'' if r.splice else ', no splice'}{'' if r.style == 'compact' else f', {r.style} JSON'}",
     ]
     if r.error:

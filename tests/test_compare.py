@@ -25,7 +25,8 @@ def compare(tmp_path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_each_balancer_in_each_round_and_the_rounds_it_won(tmp_path):
-    proc = compare(tmp_path, "--workloads", "quiet", "--quiet-trades", "5000", "--runs", "2",
+    # (100,000 trades: a run must last a few of /proc's 10 ms CPU ticks, or its CPU reads 0)
+    proc = compare(tmp_path, "--workloads", "quiet", "--quiet-trades", "100000", "--runs", "2",
                    "--pipes", "4", "--balancer", f"tb lb={sys.executable} -m tb lb",
                    "--balancer", "missing=/nonexistent/lb")  # fmt: skip
     assert proc.returncode == 0, proc.stderr

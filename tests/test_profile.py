@@ -72,6 +72,7 @@ def test_trickle_measures_latency(tmp_path, worker):
     # tb's CPU while streaming: a few % of a core asleep between messages; spinning through
     # every gap (messages come every few ms, well within 20 ms) it is most of a core
     busy = float(r["tb"]["cpu_s_per_million"]) * 1000 / 1e6  # CPU s per second at 1000/s
+    assert r["sched_slice_us"] == 100  # (tb run's default, passed on)
     if "--busy-poll" in worker:
         assert r["busy_poll_us"] == 20000 and busy > 0.5, busy
     else:
@@ -122,7 +123,14 @@ def test_the_window_starts_at_the_servers_first_trade(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "option", [["--busy-poll", "100"], ["--loop", "epoll"], ["--hash", "compat"], ["--no-splice"]]
+    "option",
+    [
+        ["--busy-poll", "100"],
+        ["--sched-slice", "0"],
+        ["--loop", "epoll"],
+        ["--hash", "compat"],
+        ["--no-splice"],
+    ],
 )
 def test_tb_options_with_another_balancer_are_usage_errors(tmp_path, option):
     # another balancer has none of tb run's options: saying so beats profiling without them

@@ -34,6 +34,7 @@ def profile_args(
         loop="auto",
         hash="mixed",
         busy_poll=busy_poll,
+        sched_slice=100,  # (tb run's default)
         splice=True,
         tls="none",
         balancer=balancer,
