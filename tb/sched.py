@@ -31,8 +31,8 @@ MAX_SLICE_US = 100_000
 
 # sched_setattr's number by architecture (x86_64's own table; the others use the generic one)
 _SYS_SCHED_SETATTR = {"x86_64": 314, "aarch64": 274, "riscv64": 274, "loongarch64": 274}
-_SCHED_OTHER = 0
 _SCHED_FLAG_RESET_ON_FORK = 0x01
+_POLICY_NAMES = {1: "SCHED_FIFO", 2: "SCHED_RR", 5: "SCHED_IDLE", 6: "SCHED_DEADLINE"}
 # struct sched_attr (linux/sched/types.h): size, policy, flags, nice, priority, runtime,
 # deadline, period, util_min, util_max
 _SCHED_ATTR = struct.Struct("IIQiIQQQII")
@@ -51,8 +51,9 @@ def current_slice_ns(pid: int | str = "self") -> int | None:
 
 
 def request_slice(usec: int) -> str | None:
-    """Ask the kernel for a time slice of `usec` µs for this process (SCHED_OTHER, nice kept);
-    None if it took it, else one line saying why not (an older kernel, another architecture).
+    """Ask the kernel for a time slice of `usec` µs for this process (its fair-class policy
+    and nice kept); None if it took it, else one line saying why not (an older kernel, another
+    architecture, a realtime policy, which is left alone).
     """
     import ctypes  # (here: the CLI imports this module for its bounds)
 
@@ -60,12 +61,19 @@ def request_slice(usec: int) -> str | None:
     number = _SYS_SCHED_SETATTR.get(machine)
     if number is None:
         return f"sched_setattr is not known on {machine}"
+    policy = os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK
+    if policy not in (os.SCHED_OTHER, os.SCHED_BATCH):  # (a realtime policy is left as it is)
+        name = _POLICY_NAMES.get(policy, f"policy {policy}")
+        return f"tb runs under {name}, not the fair scheduler: its policy is left as it is"
     nice = os.getpriority(os.PRIO_PROCESS, 0)
     attr = _SCHED_ATTR.pack(
-        _SCHED_ATTR.size, _SCHED_OTHER, _SCHED_FLAG_RESET_ON_FORK, nice, 0, usec * 1000, 0, 0, 0, 0
+        _SCHED_ATTR.size, policy, _SCHED_FLAG_RESET_ON_FORK, nice, 0, usec * 1000, 0, 0, 0, 0
     )
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.syscall(number, 0, ctypes.create_string_buffer(attr), 0) != 0:
+    try:
+        syscall = ctypes.CDLL(None, use_errno=True).syscall
+    except (OSError, AttributeError) as exc:  # (no C library to call through)
+        return f"cannot call sched_setattr: {exc}"
+    if syscall(number, 0, ctypes.create_string_buffer(attr), 0) != 0:
         return f"sched_setattr failed: {os.strerror(ctypes.get_errno())}"
     got = current_slice_ns()
     if got != usec * 1000:
