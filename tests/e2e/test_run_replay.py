@@ -187,20 +187,27 @@ def test_massive_key_variable_is_used(tmp_path, captures, replay_factory):
     check_delivery(read_log(log), payloads, 3)
 
 
-def test_key_is_not_on_the_workers_argv(tmp_path, replay_factory, captures):
+def run_with_worker_script(tmp_path, replay_factory, captures, source: str, *args: str):
+    """tb run --once on 3 pipes against the quiet capture, its worker the Python `source` (run
+    in tmp_path, the pipes' fds on its argv); the finished process."""
     path, _ = captures["quiet"]
     replay = replay_factory(str(path), "--close-after")
-    script = tmp_path / "argv_worker.py"
-    script.write_text(
+    script = tmp_path / "worker_script.py"
+    script.write_text(source)
+    return run_tb(
+        ["run", replay.url, "--pipes", "3", "--once", "--workdir", str(tmp_path), *args,
+         "--", sys.executable, str(script)]
+    )  # fmt: skip
+
+
+def test_key_is_not_on_the_workers_argv(tmp_path, replay_factory, captures):
+    source = (
         "import sys, os\n"
         "open('argv.txt','w').write(repr(sys.argv) + '\\n' + os.environ['TB_PIPE_FDS'])\n"
         "from tb.pipes import read_records\n"
         "for _ in read_records([int(a) for a in sys.argv[1:]]): pass\n"
     )
-    proc = run_tb(
-        ["run", replay.url, "--pipes", "3", "--key", "sekrit-77", "--once", "--workdir", str(tmp_path),
-         "--", sys.executable, str(script)]
-    )  # fmt: skip
+    proc = run_with_worker_script(tmp_path, replay_factory, captures, source, "--key", "sekrit-77")
     assert proc.returncode == 0, proc.stderr
     argv_text, fds = (tmp_path / "argv.txt").read_text().split("\n")
     assert "sekrit-77" not in argv_text
@@ -217,10 +224,7 @@ def test_tb_asks_for_a_short_time_slice_and_its_worker_does_not_inherit_it(
     default_ns = current_slice_ns()
     if default_ns is None:
         pytest.skip("this kernel's /proc/PID/sched shows no se.slice")
-    path, _ = captures["quiet"]
-    replay = replay_factory(str(path), "--close-after")
-    script = tmp_path / "slice_worker.py"
-    script.write_text(
+    source = (
         "import os, sys\n"
         "from tb.pipes import read_records\n"
         "from tb.sched import current_slice_ns\n"
@@ -230,10 +234,7 @@ def test_tb_asks_for_a_short_time_slice_and_its_worker_does_not_inherit_it(
         "        seen = (current_slice_ns(os.getppid()), current_slice_ns())\n"
         "open('slices.txt', 'w').write(repr(seen))\n"
     )
-    proc = run_tb(
-        ["run", replay.url, "--pipes", "3", "--key", "k", "--once", "--workdir", str(tmp_path),
-         *flag, "--", sys.executable, str(script)]
-    )  # fmt: skip
+    proc = run_with_worker_script(tmp_path, replay_factory, captures, source, "--key", "k", *flag)
     assert proc.returncode == 0, proc.stderr
     if "CPU time slice: the kernel's default (" in proc.stderr and want_us:
         pytest.skip(proc.stderr.split("CPU time slice: ", 1)[1].splitlines()[0])
