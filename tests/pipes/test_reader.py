@@ -49,8 +49,9 @@ def test_every_byte_boundary(pipes, frame):
     assert got == [(0, p) for p in payloads]
 
 
+@pytest.mark.parametrize("spin", [False, True])  # (spin: polled without sleeping)
 @pytest.mark.parametrize("seed", range(5))
-def test_random_splits(pipes, frame, seed):
+def test_random_splits(pipes, frame, seed, spin):
     rng = random.Random(seed)
     ps = pipes(1)
     payloads = [rng.randbytes(rng.randint(0, 200)) for _ in range(300)]
@@ -58,7 +59,7 @@ def test_random_splits(pipes, frame, seed):
     cuts = sorted(rng.sample(range(1, len(stream)), 60))
     pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
     t = feed_in_pieces(ps.read_fds[0], ps.write_fds[0], pieces)
-    got = [p for _, p in read_records(ps.read_fds, bufsize=256)]
+    got = [p for _, p in read_records(ps.read_fds, bufsize=256, spin=spin)]
     t.join(10)
     assert got == payloads
 
