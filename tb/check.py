@@ -268,8 +268,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "check",
         help="what this machine supports (kTLS, io_uring, pipe sizes) and how to enable the rest",
         description="Probe the kernel for tb's fast paths: kernel TLS (which versions and "
-        "ciphers), io_uring, pipe and socket buffer limits, CPUs, CPU time slices. Each line that is off names "
-        "the command that would turn it on. Changes nothing.",
+        "ciphers), io_uring, pipe and socket buffer limits, CPUs, a short CPU time slice. Each "
+        "line that is off names the command that would turn it on. Changes nothing.",
         epilog="exit status: 0 tb can run here (fast paths or not), 1 it cannot",
     )
     p.add_argument("--json", action="store_true", help="one JSON object instead of text")

@@ -611,9 +611,9 @@ class _Session:
     def _on_writable(self) -> None:
         while True:
             if self.pos < self.chunk_end:  # finish the slice in flight, whatever the phase
-                # (the send log's time is taken before the send that completes the slice: the
-                # bytes reach the client inside that call, and after it this thread may wait
-                # for the GIL, so a later stamp could make the client look faster than it is)
+                # (the send log's time where the kernel gives no transmit timestamp: before the
+                # send, as the bytes reach the client inside that call and after it this thread
+                # may wait for the GIL -- a later stamp would make the client look faster)
                 self.send_ns = time.monotonic_ns()
                 n = self._send(self.stream.view[self.pos : self.chunk_end])
                 self.pos += n
