@@ -47,7 +47,7 @@ from tb.pipes import PipeError, PipeWriter, open_pipes, spawn_worker
 from tb.route import Router
 from tb.route.hashing import HASHES
 from tb.route.spans import SPAN_PAD, Scratch, route_frames, route_small, route_spans, small_runs
-from tb.sched import request_slice
+from tb.sched import DEFAULT_SLICE_US, request_slice
 from tb.transport import FeedURL, TLSVerifyError, Transport, TransportError, connect
 from tb.ws import (
     Connection,
@@ -97,7 +97,7 @@ class RunConfig:
     max_message: int = 16 << 20
     loop: str = "auto"
     busy_poll: float = 0.0  # seconds the loop keeps polling after an event before it sleeps
-    sched_slice_us: int = 100  # the CPU time slice to ask the kernel for (0: its default)
+    sched_slice_us: int = DEFAULT_SLICE_US  # the CPU time slice to ask for (0: the kernel's)
     splice: bool = True  # vmsplice big batches' runs into the pipes (else copy them)
     pipe_size: int | None = None
     tls: bool | None = None  # None: by the URL's scheme

@@ -227,12 +227,15 @@ def probe_cpus() -> Finding:
 
 def probe_slice() -> Finding:
     """Whether tb can ask for a short CPU time slice (tb run --sched-slice; Linux 6.12+)."""
-    from tb.sched import request_slice  # (asks for this process only: tb check's own)
+    from tb.sched import DEFAULT_SLICE_US, request_slice  # (for tb check's own process only)
 
-    why = request_slice(100)
+    why = request_slice(DEFAULT_SLICE_US)
     if why is None:
         return Finding(
-            "slice", True, "a 100 µs CPU time slice can be asked for: tb's wake-ups preempt at once"
+            "slice",
+            True,
+            f"a {DEFAULT_SLICE_US} µs CPU time slice can be asked for:"
+            " tb's wake-ups preempt at once",
         )
     return Finding(
         "slice",

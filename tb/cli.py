@@ -10,7 +10,7 @@ import signal
 import sys
 
 from tb import __version__
-from tb.sched import MAX_SLICE_US, MIN_SLICE_US
+from tb.sched import DEFAULT_SLICE_US, MAX_SLICE_US, MIN_SLICE_US
 
 __all__ = ["main", "parse_size", "positive_int", "positive_float", "seconds", "count", "CLIError"]
 
@@ -219,13 +219,13 @@ def add_run_arguments(p: argparse.ArgumentParser, *, positional: bool = True) ->
     p.add_argument(
         "--sched-slice",
         type=slice_microseconds,
-        default=100,
+        default=DEFAULT_SLICE_US,
         metavar="USEC",
-        help="CPU time slice to ask the kernel for (Linux 6.12+, no privileges; default 100,"
-        " the least it allows; 0: the kernel's default, 0.7-3 ms). A short slice lets tb's"
-        " wake-up preempt whatever else runs on its core at once instead of waiting for it:"
-        " lower latency when other processes (the worker's among them) share tb's cores; tb's"
-        " share of the CPU is unchanged",
+        help="CPU time slice to ask the kernel for (Linux 6.12+, no privileges; default"
+        f" {DEFAULT_SLICE_US}, the least it allows; 0: the kernel's default, 0.7-3 ms). A short"
+        " slice lets tb's wake-up preempt whatever else runs on its core at once instead of"
+        " waiting for it: lower latency when other processes (the worker's among them) share"
+        " tb's cores; tb's share of the CPU is unchanged",
     )
     p.add_argument(
         "--cafile", help="CA bundle to verify the server with (default: the system store)"

@@ -54,6 +54,7 @@ from tb.cli import (
 )
 from tb.pipes.count_worker import progress_size, read_progress
 from tb.replay import LISTENING, STREAMING_TO
+from tb.sched import DEFAULT_SLICE_US
 
 __all__ = ["add_parser", "main", "ProfileResult", "run_profile"]
 
@@ -149,9 +150,10 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--sched-slice",
         type=slice_microseconds,
-        default=100,
+        default=DEFAULT_SLICE_US,
         metavar="USEC",
-        help="tb's CPU time slice (tb run --sched-slice; default 100, 0: the kernel's default)",
+        help=f"tb's CPU time slice (tb run --sched-slice; default {DEFAULT_SLICE_US}, 0: the"
+        " kernel's default)",
     )
     p.add_argument(
         "--no-splice",

@@ -6,7 +6,7 @@ task on the CPU only if its deadline comes first. With the default slice (0.7-3 
 number of CPUs) a woken tb that has used its share of the CPU waits for whatever runs there --
 another busy process, a worker's thread -- to sleep or use up its own slice: tens of
 microseconds to milliseconds between a message's arrival and tb's receive. Since Linux 6.12 a
-task may ask for its own slice (sched_setattr's sched_runtime for SCHED_OTHER, 0.1-100 ms); a
+task may ask for its own slice (sched_setattr's sched_runtime, fair policies, 0.1-100 ms); a
 short one gives tb an early deadline on each wake-up, so it preempts at once, while its share
 of the CPU stays what it was. Measured on a 2-core VM at 2,000 trades/s, the server on tb's
 core: the time from the feed's send to tb on the CPU fell from 27 to 1 µs at the median, and
@@ -24,10 +24,11 @@ from __future__ import annotations
 import os
 import struct
 
-__all__ = ["request_slice", "current_slice_ns", "MIN_SLICE_US", "MAX_SLICE_US"]
+__all__ = ["request_slice", "current_slice_ns", "DEFAULT_SLICE_US", "MIN_SLICE_US", "MAX_SLICE_US"]
 
 MIN_SLICE_US = 100  # the kernel clamps a custom slice to 0.1-100 ms
 MAX_SLICE_US = 100_000
+DEFAULT_SLICE_US = MIN_SLICE_US  # tb run's --sched-slice
 
 # sched_setattr's number by architecture (x86_64's own table; the others use the generic one)
 _SYS_SCHED_SETATTR = {"x86_64": 314, "aarch64": 274, "riscv64": 274, "loongarch64": 274}

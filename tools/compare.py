@@ -20,6 +20,7 @@ import time
 
 from tb.cli import microseconds, positive_float, positive_int
 from tb.profile import WORKLOADS, run_profile
+from tb.sched import DEFAULT_SLICE_US
 
 
 def profile_args(
@@ -34,7 +35,7 @@ def profile_args(
         loop="auto",
         hash="mixed",
         busy_poll=busy_poll,
-        sched_slice=100,  # (tb run's default)
+        sched_slice=DEFAULT_SLICE_US,
         splice=True,
         tls="none",
         balancer=balancer,
