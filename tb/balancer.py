@@ -31,23 +31,24 @@ import gc
 import logging
 import os
 import random
-import signal
-import socket
-import sys
 import time
 from dataclasses import dataclass
 from time import perf_counter
 
 import numpy as np
 
-from tb.cli import STOP_SIGNALS
+from tb.counters import Counters
+from tb.exitcode import ExitCode
 from tb.feed import DISCONNECT_REASONS, AuthFailed, FeedError, Session
+from tb.logs import sink, write_line
 from tb.loop import Loop, choose_loop
-from tb.pipes import PipeError, PipeWriter, open_pipes, spawn_worker
+from tb.pipes import PipeError, PipeWriter, open_pipes
 from tb.route import Router
 from tb.route.hashing import HASHES
 from tb.route.spans import SPAN_PAD, Scratch, route_frames, route_small, route_spans, small_runs
 from tb.sched import DEFAULT_SLICE_US, request_slice
+from tb.signals import StopSignals
+from tb.supervisor import RestartPolicy, Supervisor
 from tb.transport import FeedURL, TLSVerifyError, Transport, TransportError, connect
 from tb.ws import (
     Connection,
@@ -59,26 +60,12 @@ from tb.ws import (
 )
 from tb.ws.scan import as_list, scan_data_frames, text_frames, utf8_errors
 
-__all__ = ["RunConfig", "Balancer", "EXIT_CODES", "MAX_RECV"]
+__all__ = ["RunConfig", "Balancer", "MAX_RECV"]
 
 MAX_RECV = 4 << 20  # bytes per receive (and so per batch) at most
 SCAN_SCRATCH_MIN = 64 << 10  # smaller regions are scanned without the reused mask buffer
 
 log = logging.getLogger("tb.run")
-
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_AUTH, EXIT_WORKER, EXIT_CONNECT, EXIT_TLS, EXIT_OVERFLOW = (
-    range(8)
-)
-EXIT_CODES = {
-    EXIT_OK: "clean shutdown (signal, or --once and the server closed normally)",
-    EXIT_ERROR: "internal error",
-    EXIT_USAGE: "bad command line",
-    EXIT_AUTH: "authentication failed (wrong key)",
-    EXIT_WORKER: "the worker exited or could not be started",
-    EXIT_CONNECT: "--once: the connection failed or ended abnormally",
-    EXIT_TLS: "TLS setup failed: the certificate did not verify, or --tls ktls is unavailable",
-    EXIT_OVERFLOW: "--on-overflow exit: the pipes stayed full past --overflow-timeout",
-}
 
 
 @dataclass(slots=True)
@@ -120,25 +107,6 @@ class RunConfig:
     restart_window: float = 60.0
 
 
-@dataclass(slots=True)
-class Counters:
-    messages: int = 0
-    bytes_in: int = 0
-    events: int = 0
-    routed: int = 0
-    statuses: int = 0
-    no_symbol: int = 0
-    fallback: int = 0
-    malformed: int = 0
-    reconnects: int = 0
-    disconnected_s: float = 0.0
-    recvs: int = 0
-    lost_in_worker: int = 0
-    pauses: int = 0
-    paused_s: float = 0.0
-    worker_restarts: int = 0
-
-
 class Balancer:
     """Runs `tb run` until a signal, a fatal error, or (with --once) the end of the connection."""
 
@@ -173,15 +141,12 @@ class Balancer:
         self.down_since: float | None = None
         self.conn_timer = None
         self.stopping = False
-        self.signals = 0
+        self.signals: StopSignals | None = None
         self.t0 = time.monotonic()
         self.cpu0 = time.process_time()
         self.pipeset = None
         self.writer: PipeWriter | None = None
-        self.worker = None
-        self.restarts: list[float] = []
-        self.worker_started = 0.0
-        self.restart_delay = 0.1
+        self.supervisor: Supervisor | None = None
         self.last_rx = 0.0
         self.last_ping = 0.0
         self.paused_since: float | None = None
@@ -190,8 +155,6 @@ class Balancer:
         self.cpu_first = self.cpu_last = 0.0
         self.t_first = self.t_last = 0.0
         self._routed_at_tick = 0
-        # pipe -> [its written_bytes when last seen moving, when, warned]: pipes with a queue
-        self._stalls: dict[int, list] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------
     def run(self) -> int:
@@ -213,9 +176,7 @@ class Balancer:
             )
         except PipeError as exc:
             log.error("%s", exc)
-            return EXIT_WORKER
-        if not self._start_worker():
-            return EXIT_WORKER
+            return ExitCode.WORKER
         self.writer = PipeWriter(
             self.loop,
             self.pipeset.write_fds,
@@ -223,8 +184,24 @@ class Balancer:
             on_drain=self._on_drain,
             splice=cfg.splice,
         )
+        self.supervisor = Supervisor(
+            self.loop,
+            cfg.worker,
+            cfg.workdir,
+            self.pipeset,
+            self.writer,
+            self.c,
+            policy=RestartPolicy(cfg.restart, cfg.max_restarts, cfg.restart_window),
+            on_gave_up=lambda: self.stop(ExitCode.WORKER),
+            stall_warning=cfg.stall_warning,
+        )
+        if not self.supervisor.start():
+            self.writer.close()
+            for fd in self.pipeset.read_fds:
+                os.close(fd)
+            return ExitCode.WORKER
         self.scratch.outputs = self.writer.output_buffer  # big batches' runs are spliced
-        self._install_signals()
+        self.signals = StopSignals(self.loop, self._on_stop_signal)
         if cfg.stats > 0:
             self.loop.call_later(cfg.stats, self._print_stats)
         self.loop.call_soon(self._connect)
@@ -236,163 +213,38 @@ class Balancer:
             self.loop.run()
             return self._finish()  # our handlers stay: a second signal during the flush exits
         finally:
-            self._restore_signals()
+            self.signals.restore()
 
     def _finish(self) -> int:
+        """Flush every queued record to the worker, EOF, wait for it; the exit code."""
         self._drop_connection()
-        writer, worker = self.writer, self.worker
-        flushed = True
-        if worker.poll() is None and writer.queued_bytes:
-            flushed = self._flush_while_progressing()
-        writer.close()
-        # The worker sees EOF on every pipe once the write ends are closed.
-        rc = worker.wait(self.cfg.shutdown_timeout)
-        if rc is None:
-            log.warning(
-                "worker still running %.0f s after EOF: terminating it", self.cfg.shutdown_timeout
-            )
-            worker.terminate()
-            rc = worker.wait(2.0)
-            if rc is None:
-                worker.kill()
-                rc = worker.wait(2.0)
-        if self.exit_code != EXIT_WORKER:
-            log.info("worker %s", worker.describe(rc))
-        for fd in self.pipeset.read_fds:
-            os.close(fd)
+        undelivered = self.supervisor.shutdown(self.cfg.shutdown_timeout)
+        self.c.undelivered_at_exit = undelivered
         self.loop.close()
-        print(self.summary(), file=sys.stderr, flush=True)
+        if undelivered:
+            log.error(
+                "%d records tb routed were never delivered to a worker (undelivered_at_exit)",
+                undelivered,
+            )
+        write_line(self.summary())
         if self.exit_code is None:
-            self.exit_code = EXIT_OK
-        if self.exit_code == EXIT_OK and not flushed:
-            self.exit_code = EXIT_ERROR
+            self.exit_code = ExitCode.OK
+        if self.exit_code == ExitCode.OK and undelivered:
+            self.exit_code = ExitCode.UNDELIVERED
         return self.exit_code
-
-    def _flush_while_progressing(self) -> bool:
-        """Write out every queued record; give up only if the worker takes nothing for
-        --shutdown-timeout seconds (a slow worker that keeps reading is waited for)."""
-        writer, worker = self.writer, self.worker
-        log.info("flushing %d queued records to the worker", writer.queued_records)
-        stalled = 0.0
-        while writer.queued_bytes and worker.poll() is None:
-            before = sum(writer.written_bytes)
-            t = time.monotonic()
-            if writer.flush(min(1.0, self.cfg.shutdown_timeout)):
-                return True
-            if sum(writer.written_bytes) != before:
-                stalled = 0.0
-            else:
-                stalled += time.monotonic() - t
-                if stalled >= self.cfg.shutdown_timeout:
-                    break
-        if not writer.queued_bytes:
-            return True
-        log.error(
-            "the worker %s: %d records (%d bytes) could not be written",
-            f"took nothing for {self.cfg.shutdown_timeout:.0f} s"
-            if worker.poll() is None
-            else "exited",
-            writer.queued_records,
-            writer.queued_bytes,
-        )
-        return False
 
     def stop(self, code: int) -> None:
         """End the run with `code` (the first reason wins)."""
         if self.exit_code is None:
             self.exit_code = code
         self.stopping = True
+        if self.supervisor is not None:
+            self.supervisor.stopping = True
         self.loop.stop()
 
-    # -- signals and the worker -----------------------------------------------------------------
-    def _install_signals(self) -> None:
-        self._sig_r, self._sig_w = socket.socketpair()
-        self._sig_r.setblocking(False)
-        self._sig_w.setblocking(False)
-        self._old_wakeup = signal.set_wakeup_fd(self._sig_w.fileno(), warn_on_full_buffer=False)
-        self._old_handlers = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
-        self.loop.add_reader(self._sig_r.fileno(), self._drain_signal_fd)
-
-    def _restore_signals(self) -> None:
-        signal.set_wakeup_fd(self._old_wakeup)
-        for s, h in self._old_handlers.items():
-            signal.signal(s, h)
-        self._sig_r.close()  # the loop is closed by now: nothing to unregister
-        self._sig_w.close()
-
-    def _on_signal(self, signum: int, frame: object) -> None:
-        self.signals += 1
-        if self.signals > 1:
-            # A second signal: the user wants out now, queued records or not.
-            print(f"tb: second {signal.Signals(signum).name}: exiting at once", file=sys.stderr)
-            os._exit(130)
-        log.info("%s: stopping, flushing the pipes", signal.Signals(signum).name)
-        self.stop(EXIT_OK)
-
-    def _drain_signal_fd(self) -> None:
-        try:
-            while self._sig_r.recv(512):
-                pass
-        except BlockingIOError:
-            pass
-
-    def _on_worker_exit(self) -> None:
-        rc = self.worker.poll()
-        if rc is None:
-            return
-        self.loop.remove_reader(self.worker.pidfd)
-        self.worker.close()
-        w = self.writer
-        log.error(
-            "worker %s; %d records (%d bytes) queued for it",
-            self.worker.describe(rc),
-            w.queued_records,
-            w.queued_bytes,
-        )
-        # What the dead worker left in the pipes stays there for the next one, minus the torn
-        # record it died inside, if any (see PipeWriter.resync).
-        for i, fd in enumerate(self.pipeset.read_fds):
-            lost = w.resync(i, fd)
-            if lost:
-                self.c.lost_in_worker += lost
-                log.warning("pipe %d: the worker died inside a record: %d record lost", i, lost)
-        policy = self.cfg.restart
-        if policy == "never" or (policy == "on-failure" and rc == 0) or self.stopping:
-            self.stop(EXIT_WORKER)
-            return
-        now = time.monotonic()
-        self.restarts = [t for t in self.restarts if now - t < self.cfg.restart_window]
-        if len(self.restarts) >= self.cfg.max_restarts:
-            log.error(
-                "the worker died %d times in %.0f s: giving up",
-                len(self.restarts) + 1,
-                self.cfg.restart_window,
-            )
-            self.stop(EXIT_WORKER)
-            return
-        if now - self.worker_started > 30:
-            self.restart_delay = 0.1  # it ran a good while: this is a fresh failure
-        # Capped at 1 s: while the worker is down the feed queues up (1M trades/s at the open).
-        delay, self.restart_delay = self.restart_delay, min(1.0, self.restart_delay * 2)
-        self.restarts.append(now)
-        log.warning("restarting the worker in %.1f s (records keep queueing meanwhile)", delay)
-        self.loop.call_later(delay, self._start_worker)
-
-    def _start_worker(self) -> bool:
-        if self.stopping:
-            return False
-        try:
-            self.worker = spawn_worker(self.cfg.worker, self.pipeset.read_fds, self.cfg.workdir)
-        except PipeError as exc:
-            log.error("%s", exc)
-            self.stop(EXIT_WORKER)
-            return False
-        self.worker_started = time.monotonic()
-        if self.restarts:
-            self.c.worker_restarts += 1
-        log.info("worker %s started (pid %d)", " ".join(self.cfg.worker), self.worker.pid)
-        self.loop.add_reader(self.worker.pidfd, self._on_worker_exit)
-        return True
+    def _on_stop_signal(self, name: str) -> None:
+        log.info("%s: stopping, flushing the pipes", name)
+        self.stop(ExitCode.OK)
 
     # -- connection -----------------------------------------------------------------------------
     def _connect(self) -> None:
@@ -411,7 +263,7 @@ class Balancer:
             )
         except TLSVerifyError as exc:
             log.error("%s", exc)
-            self.stop(EXIT_TLS)
+            self.stop(ExitCode.TLS)
             return
         except TransportError as exc:
             self._connection_lost(f"{exc}")
@@ -433,8 +285,7 @@ class Balancer:
         if self.c.routed != self._routed_at_tick:
             self._routed_at_tick = self.c.routed
             self.cpu_last = time.process_time()
-        if self.cfg.stall_warning and (self.writer.queued_bytes or self._stalls):
-            self._check_stalls(time.monotonic())
+        self.supervisor.check_stalls(time.monotonic())
         if self.transport is None or self.ws is None or not self.upgraded:
             return
         cfg = self.cfg
@@ -456,38 +307,6 @@ class Balancer:
             self.ws.send_ping(b"tb")
             self._send(self.ws.data_to_send())
 
-    def _check_stalls(self, now: float) -> None:
-        """Warn once about each pipe whose queue its reader has not taken from for
-        --stall-warning seconds (a live worker not reading it: nothing else would say so until
-        --max-buffer fills), and say when it moves again."""
-        w, stalls, argv_fds = self.writer, self._stalls, self.pipeset.read_fds
-        for i, queued in enumerate(w.queued_bytes_per_pipe):
-            seen = stalls.get(i)
-            if not queued:
-                if seen is not None:
-                    del stalls[i]
-                    if seen[2]:
-                        log.info(
-                            "pipe %d (worker fd %d) drained: its reader is back", i, argv_fds[i]
-                        )
-                continue
-            written = w.written_bytes[i]
-            if seen is None or seen[0] != written:
-                if seen is not None and seen[2]:
-                    log.info("pipe %d (worker fd %d) is being read again", i, argv_fds[i])
-                stalls[i] = [written, now, False]
-            elif not seen[2] and now - seen[1] >= self.cfg.stall_warning:
-                seen[2] = True
-                log.warning(
-                    "pipe %d (worker fd %d): its reader has taken nothing for %.0f s; %d records "
-                    "(%d KiB) wait behind it. Is the worker reading every pipe it was given?",
-                    i,
-                    argv_fds[i],
-                    now - seen[1],
-                    w.queued_records_in(i),
-                    queued >> 10,
-                )
-
     def _handshake_timeout(self) -> None:
         if self.session is not None and not self.session.streaming:
             phase = "websocket upgrade" if not self.upgraded else self.session.phase.value
@@ -506,7 +325,7 @@ class Balancer:
             log.info("connection ended: %s", why) if clean else log.error(
                 "connection ended: %s", why
             )
-            self.stop(EXIT_OK if clean else EXIT_CONNECT)
+            self.stop(ExitCode.OK if clean else ExitCode.CONNECT)
             return
         if was_streaming:
             self.backoff = self.cfg.backoff_min
@@ -588,7 +407,7 @@ class Balancer:
                 held,
                 self.writer.queued_bytes >> 20,
             )
-            self.stop(EXIT_OVERFLOW)
+            self.stop(ExitCode.OVERFLOW)
         elif now - self.overflow_warned >= cfg.overflow_timeout:
             self.overflow_warned = now
             log.warning(
@@ -900,7 +719,7 @@ class Balancer:
                 session.on_status(status)
             except AuthFailed as exc:
                 log.error("%s", exc)
-                self.stop(EXIT_AUTH)
+                self.stop(ExitCode.AUTH)
                 return
             except FeedError as exc:
                 self._connection_lost(f"{exc}")
@@ -953,7 +772,7 @@ class Balancer:
         last = getattr(self, "_last_stats", (self.t0, 0))
         rate = (routed - last[1]) / max(1e-9, now - last[0])
         self._last_stats = (now, routed)
-        print(f"tb stats: {rate:,.0f} trades/s {self.counters_line()}", file=sys.stderr, flush=True)
+        write_line(f"tb stats: {rate:,.0f} trades/s {self.counters_line()}")
         self.loop.call_later(self.cfg.stats, self._print_stats)
 
     def counters_line(self) -> str:
@@ -979,6 +798,7 @@ class Balancer:
             f" pauses={c.pauses} paused_s={c.paused_s:.2f}"
             f" reconnects={c.reconnects} disconnected_s={c.disconnected_s:.2f}"
             f" max_pipe_share={share:.1f}% state={state}"
+            f" undelivered_at_exit={c.undelivered_at_exit} log_write_errors={sink().errors}"
         )
 
     def summary(self) -> str:

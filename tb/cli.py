@@ -6,10 +6,11 @@ import argparse
 import logging
 import math
 import os
-import signal
 import sys
 
 from tb import __version__
+from tb.exitcode import ExitCode, help_text
+from tb.logs import setup_logging, write_line
 from tb.sched import DEFAULT_SLICE_US, MAX_SLICE_US, MIN_SLICE_US
 
 __all__ = ["main", "parse_size", "positive_int", "positive_float", "seconds", "count", "CLIError"]
@@ -19,21 +20,7 @@ class CLIError(Exception):
     """A bad command line: printed as one line, exit code 2."""
 
 
-# tb run flushes the pipes and tb record closes its capture, then exit 0: SIGHUP too (a closed
-# terminal), whose default would end them with records still queued
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-EXIT_HELP = """exit codes:
-  0  clean shutdown (SIGINT, SIGTERM or SIGHUP: the pipes are flushed first; or --once and the
-     server closed normally)
-  1  internal error, or the pipes could not be drained at shutdown
-  2  bad command line
-  3  authentication failed (the server refused the key; the message names where it came from)
-  4  the worker exited, or could not be started
-  5  --once: the connection failed or ended abnormally
-  6  TLS setup failed: the certificate did not verify, or --tls ktls is not available here
-  7  --on-overflow exit: the pipes stayed full for longer than --overflow-timeout
-"""
+EXIT_HELP = help_text()
 
 
 class Parser(argparse.ArgumentParser):
@@ -446,12 +433,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
         level = logging.WARNING
     elif getattr(args, "verbose", 0) >= 2:
         level = logging.DEBUG
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s.%(msecs)03d %(name)s %(levelname)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
+    setup_logging(level)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -476,8 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except CLIError as exc:
-        print(f"tb {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        write_line(f"tb {args.command}: error: {exc}")
+        return ExitCode.USAGE
     except KeyboardInterrupt:
-        print(f"tb {args.command}: interrupted", file=sys.stderr)
+        write_line(f"tb {args.command}: interrupted")
         return 130

@@ -12,10 +12,12 @@ import logging
 import os
 import select
 import signal
-import sys
 import time
 
-from tb.cli import STOP_SIGNALS, add_logging_arguments, count, seconds
+from tb.cli import add_logging_arguments, count, seconds
+from tb.exitcode import ExitCode
+from tb.logs import write_line
+from tb.signals import STOP_SIGNALS
 
 __all__ = ["add_parser", "main"]
 
@@ -75,10 +77,10 @@ def main(args: argparse.Namespace) -> int:
         t = connect(url, cafile=args.cafile, insecure=args.insecure)
     except TLSVerifyError as exc:
         log.error("%s", exc)
-        return 6
+        return ExitCode.TLS
     except TransportError as exc:
         log.error("%s", exc)
-        return 5
+        return ExitCode.CONNECT
     request, wskey = client_request(url.host_header, url.path)
     t.sock.setblocking(True)
     t.sock.sendall(request)
@@ -92,7 +94,7 @@ def main(args: argparse.Namespace) -> int:
     upgraded = False
     recorded = events = 0
     t0 = time.monotonic()
-    code = 0
+    code = ExitCode.OK
     try:
         cap = CaptureWriter(args.out)
     except OSError as exc:
@@ -111,7 +113,7 @@ def main(args: argparse.Namespace) -> int:
                 n = t.recv_into(view[end:])
             except TransportError as exc:
                 log.error("%s", exc)
-                code = 5
+                code = ExitCode.CONNECT
                 break
             if n is None:
                 continue
@@ -128,7 +130,7 @@ def main(args: argparse.Namespace) -> int:
                 start += ws.receive(view[start:end])
             except (InvalidHandshake, ProtocolError) as exc:
                 log.error("%s", exc)
-                code = 5
+                code = ExitCode.CONNECT
                 break
             for payload in ws.messages:
                 if (args.messages and recorded >= args.messages) or (
@@ -146,10 +148,10 @@ def main(args: argparse.Namespace) -> int:
                         session.on_status(status)
                 except AuthFailed as exc:
                     log.error("%s", exc)
-                    return 3
+                    return ExitCode.AUTH
                 except FeedError as exc:
                     log.error("%s", exc)
-                    code = 5
+                    code = ExitCode.CONNECT
                     stop.append(1)
             ws.messages.clear()
             for m in session.outgoing:
@@ -169,8 +171,7 @@ def main(args: argparse.Namespace) -> int:
                 arena[: end - start] = view[start:end].tobytes()
                 start, end = 0, end - start
     t.close()
-    print(
-        f"tb record: {recorded} messages, {events} events in {time.monotonic() - t0:.1f} s -> {args.out}",
-        file=sys.stderr,
+    write_line(
+        f"tb record: {recorded} messages, {events} events in {time.monotonic() - t0:.1f} s -> {args.out}"
     )
     return code

@@ -4,7 +4,10 @@ The worker contract (the C original's): the worker runs as `ARGV... FD0 FD1 ... 
 pipes' read ends appended, its environment is the balancer's plus TB_PIPE_FDS="FD0,FD1,...", its
 cwd is the work dir, stdin is /dev/null, stdout/stderr are the balancer's. It inherits ONLY the
 read ends (a worker holding a write end would never see EOF), and it gets SIGHUP when the
-balancer dies (PR_SET_PDEATHSIG). Note that the kernel sends the death signal when the *thread*
+balancer dies (PR_SET_PDEATHSIG). It leads a process group of its own, so signals meant for
+tb's group (Ctrl-C in a terminal, `kill -TERM -PGID`, a service manager stopping the group)
+reach tb alone: tb stops the worker by closing the pipes after the flush (EOF), never by a
+signal, unless it is still running --shutdown-timeout seconds after EOF. Note that the kernel sends the death signal when the *thread*
 that forked exits, so spawn from the loop's thread.
 
 A pidfd (os.pidfd_open) is opened for the worker so that its death can be watched on the loop:
@@ -48,12 +51,20 @@ class Worker:
             return None
 
     def terminate(self) -> None:
-        """Send SIGTERM (nothing if it has already been reaped)."""
-        self.popen.terminate()
+        """Send SIGTERM to the worker's process group (nothing if it has already been reaped)."""
+        self._signal_group(signal.SIGTERM)
 
     def kill(self) -> None:
-        """Send SIGKILL (nothing if it has already been reaped)."""
-        self.popen.kill()
+        """Send SIGKILL to the worker's process group (nothing if it has already been reaped)."""
+        self._signal_group(signal.SIGKILL)
+
+    def _signal_group(self, signum: int) -> None:
+        if self.popen.poll() is not None:
+            return  # reaped: its pid (and group id) may belong to another process by now
+        try:
+            os.killpg(self.pid, signum)  # the worker leads its group: it and what it started
+        except ProcessLookupError:
+            pass
 
     def close(self) -> None:
         """Close the pidfd (the process itself is left alone)."""
@@ -130,6 +141,9 @@ def spawn_worker(
             pass_fds=fds,
             close_fds=True,
             preexec_fn=_death_signal_setter(),
+            # Its own process group: a signal for tb's group (Ctrl-C in a terminal, a service
+            # manager's stop) reaches tb alone, which then ends the worker by EOF after flushing.
+            process_group=0,
         )
     except FileNotFoundError:
         raise PipeError(f"worker {argv[0]!r} not found") from None

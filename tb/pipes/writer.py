@@ -127,7 +127,8 @@ def _complete_records(data: Buffer, start: int, end: int) -> tuple[int, int]:
     return count, start
 
 
-def _unread_bytes(fd: int) -> int:
+def unread_bytes(fd: int) -> int:
+    """How many bytes wait in the pipe whose read end is `fd` (FIONREAD)."""
     buf = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
     return struct.unpack("i", buf)[0]
 
@@ -264,7 +265,7 @@ class PipeWriter:
         """Whether every pipe's reader has read up to its fence."""
         written, rewritten, fds = self.written_bytes, self.rewritten, self.fds
         for i, fence in fences.items():
-            if written[i] + rewritten[i] - _unread_bytes(fds[i]) < fence:
+            if written[i] + rewritten[i] - unread_bytes(fds[i]) < fence:
                 return False
         return True
 
@@ -470,7 +471,7 @@ class PipeWriter:
         Pinned by tests/pipes/test_resync.py and the kill tests in tests/e2e.
         """
         fd = self.fds[i]
-        unread = _unread_bytes(read_fd)
+        unread = unread_bytes(read_fd)
         data = _read_exactly(read_fd, unread) if unread else b""
         queue = self._queues[i]
         head = queue[0] if queue else None
@@ -505,6 +506,25 @@ class PipeWriter:
         if not queue:
             self.loop.remove_writer(fd)
         return lost
+
+    def unread_records(self, i: int, read_fd: int) -> int:
+        """Read out and count the records of pipe i that reached the pipe but not a reader.
+
+        For the end of a run, once the reader is gone: a record it took only part of counts
+        too, unless it is the queue's head (then it is still in queued_records). Pinned by
+        tests/pipes/test_writer.py::test_unread_records_after_the_reader_is_gone."""
+        unread = unread_bytes(read_fd)
+        if not unread:
+            return 0
+        data = _read_exactly(read_fd, unread)
+        queue = self._queues[i]
+        partial = queue[0].off - queue[0].rec_off if queue else 0
+        if partial >= len(data):
+            return 0  # only (part of) the head record is in the pipe: queued_records has it
+        end = len(data) - partial
+        first = _first_boundary(data, end)
+        count, _ = _complete_records(data, first, end)
+        return count + (1 if first else 0)
 
     # -- back-pressure, shutdown ----------------------------------------------------------------
     def queued_records_in(self, i: int) -> int:

@@ -420,3 +420,25 @@ def test_submit_small_epipe_names_the_pipe_and_still_writes_the_others(loop, pip
         w.submit_small([bytearray(rec)] * 3, [1, 1, 1], [2, 1, 0])
     assert w.written_records == [1, 0, 1]
     assert drain(ps.read_fds[0]) == drain(ps.read_fds[2]) == rec
+
+
+@pytest.mark.parametrize("taken", [0, 1, 7, 1000, 5000])
+def test_unread_records_after_the_reader_is_gone(loop, pipes, pool, taken):
+    """At the end of a run: what reached the pipe but not a reader, in whole records, a record
+    the reader took only part of counted too; the queue's head record, partly in the pipe, is
+    left to queued_records."""
+    ps = pipes(1, SMALL)
+    recs = pool(1, n=2000)
+    stream = b"".join(recs)
+    w = PipeWriter(loop, ps.write_fds)
+    w.submit([stream], [len(recs)])
+    in_pipe = w.written_bytes[0]
+    assert 0 < in_pipe < len(stream)  # a full pipe with a queue behind it
+    got = os.read(ps.read_fds[0], taken) if taken else b""
+    ends = records_in(stream)
+    whole_in_pipe = complete(ends, in_pipe)  # records wholly in the pipe
+    read_whole = complete(ends, len(got))
+    # (a record the reader stopped inside is wholly in the pipe and not wholly read: counted)
+    assert w.unread_records(0, ps.read_fds[0]) == whole_in_pipe - read_whole
+    assert w.queued_records == len(recs) - whole_in_pipe
+    assert drain(ps.read_fds[0]) == b""  # read out
