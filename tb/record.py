@@ -1,6 +1,7 @@
 """`tb record`: save a live feed to a capture file that `tb replay` can serve.
 
-It speaks the same session as `tb run` (upgrade, auth, subscribe, pings answered) and writes each
+It speaks to the feed through the same FeedClient as `tb run` (upgrade, auth, subscribe, pings
+answered), reading one connection (select, then a non-blocking receive), and writes each
 message that carries events, byte for byte, to a TBCAP1 capture; pure status messages (the
 handshake's, and mid-stream ones) are logged, not recorded, since the replay server makes its own.
 """
@@ -16,8 +17,13 @@ import time
 
 from tb.cli import add_logging_arguments, count, seconds
 from tb.exitcode import ExitCode
+from tb.feed import AuthFailed, FeedError
+from tb.feed.client import FeedClient
 from tb.logs import write_line
+from tb.route import Router
 from tb.signals import STOP_SIGNALS
+from tb.transport import TransportError
+from tb.ws import InvalidHandshake, ProtocolError, State
 
 __all__ = ["add_parser", "main"]
 
@@ -49,17 +55,7 @@ def add_parser(subparsers) -> None:
 def main(args: argparse.Namespace) -> int:
     from tb.capture import CaptureWriter
     from tb.cli import CLIError, _resolve_key, check_cafile
-    from tb.feed import AuthFailed, FeedError, Session
-    from tb.route import Router
     from tb.transport import TLSVerifyError, TransportError, connect, parse_url
-    from tb.ws import (
-        Connection,
-        InvalidHandshake,
-        ProtocolError,
-        State,
-        client_request,
-        parse_client_response,
-    )
 
     try:
         url = parse_url(args.url)
@@ -70,108 +66,129 @@ def main(args: argparse.Namespace) -> int:
     folder = os.path.dirname(os.path.abspath(args.out))
     if os.path.isdir(args.out) or not os.access(folder, os.W_OK | os.X_OK):
         raise CLIError(f"cannot write {args.out}: not a writable file path")
-    stop = []
+    stop: list[int] = []
     for s in STOP_SIGNALS:
         signal.signal(s, lambda *_: stop.append(1))
     try:
-        t = connect(url, cafile=args.cafile, insecure=args.insecure)
+        transport = connect(url, cafile=args.cafile, insecure=args.insecure)
     except TLSVerifyError as exc:
         log.error("%s", exc)
         return ExitCode.TLS
     except TransportError as exc:
         log.error("%s", exc)
         return ExitCode.CONNECT
-    request, wskey = client_request(url.host_header, url.path)
-    t.sock.setblocking(True)
-    t.sock.sendall(request)
-    t.sock.setblocking(False)
-    ws = Connection(client=True)
-    session = Session(key, source, args.subscribe)
-    router = Router(1)
-    arena = bytearray(32 << 20)
-    view = memoryview(arena)
-    start = end = 0
-    upgraded = False
-    recorded = events = 0
-    t0 = time.monotonic()
-    code = ExitCode.OK
     try:
         cap = CaptureWriter(args.out)
     except OSError as exc:
-        t.close()
+        transport.close()
         raise CLIError(f"cannot write {args.out}: {exc.strerror or exc}") from None
+    recorder = Recorder(args, FeedClient(url.host_header, url.path, key, source, args.subscribe))
     with cap:
-        while not stop:
-            if args.duration and time.monotonic() - t0 >= args.duration:
-                break
-            if (args.messages and recorded >= args.messages) or (
-                args.trades and events >= args.trades
-            ):
-                break
-            select.select([t.fd], [], [], 0.2)
+        code = recorder.run(transport, cap, stop)
+    transport.close()
+    write_line(
+        f"tb record: {recorder.recorded} messages, {recorder.events} events in "
+        f"{time.monotonic() - recorder.t0:.1f} s -> {args.out}"
+    )
+    return code
+
+
+class Recorder:
+    """Reads one connection through a FeedClient and writes the messages that carry events."""
+
+    def __init__(self, args: argparse.Namespace, feed: FeedClient) -> None:
+        self.args = args
+        self.feed = feed
+        self.router = Router(1)  # (only to tell events from statuses, as tb run does)
+        self.arena = bytearray(32 << 20)
+        self.recorded = self.events = 0
+        self.t0 = time.monotonic()
+
+    def done(self) -> bool:
+        a = self.args
+        return bool(
+            (a.duration and time.monotonic() - self.t0 >= a.duration)
+            or (a.messages and self.recorded >= a.messages)
+            or (a.trades and self.events >= a.trades)
+        )
+
+    def run(self, transport, cap, stop: list[int]) -> ExitCode:
+        feed, view = self.feed, memoryview(self.arena)
+        start = end = 0
+        if not self._send(transport):
+            return ExitCode.CONNECT
+        while not stop and not self.done():
+            select.select([transport.fd], [], [], 0.2)
             try:
-                n = t.recv_into(view[end:])
+                n = transport.recv_into(view[end:])
             except TransportError as exc:
                 log.error("%s", exc)
-                code = ExitCode.CONNECT
-                break
+                return ExitCode.CONNECT
             if n is None:
                 continue
             if n == 0:
                 log.info("the server closed the connection")
-                break
+                return ExitCode.OK
             end += n
             try:
-                if not upgraded:
-                    h = parse_client_response(view[:end], wskey)
-                    if h == 0:
+                if not feed.upgraded:
+                    start = feed.upgrade(view[:end])
+                    if not start:
                         continue
-                    upgraded, start = True, h
-                start += ws.receive(view[start:end])
+                start += feed.ws.receive(view[start:end])
+                code = self._record(cap)
             except (InvalidHandshake, ProtocolError) as exc:
                 log.error("%s", exc)
-                code = ExitCode.CONNECT
-                break
-            for payload in ws.messages:
-                if (args.messages and recorded >= args.messages) or (
-                    args.trades and events >= args.trades
-                ):
-                    stop.append(1)
-                    break
-                batch = router.route([payload])
+                return ExitCode.CONNECT
+            if not self._send(transport):
+                return ExitCode.CONNECT
+            if code is not None:
+                return code
+            if feed.ws.state is State.CLOSED:
+                ws = feed.ws
+                log.info("the server closed the websocket (%s %s)", ws.close_code, ws.close_reason)
+                return ExitCode.OK
+            if start == end:
+                start = end = 0
+            elif len(self.arena) - end < (1 << 20):
+                self.arena[: end - start] = view[start:end].tobytes()
+                start, end = 0, end - start
+        return ExitCode.OK
+
+    def _record(self, cap) -> ExitCode | None:
+        """Write the complete messages that carry events; drive the session with the statuses.
+        An exit code if the session ended."""
+        messages = self.feed.ws.messages
+        try:
+            for payload in messages:
+                if self.done():
+                    return ExitCode.OK
+                batch = self.router.route([payload])
                 if batch.events > len(batch.statuses):
                     cap.write(bytes(payload))
-                    recorded += 1
-                    events += batch.events - len(batch.statuses)
+                    self.recorded += 1
+                    self.events += batch.events - len(batch.statuses)
                 try:
-                    for status in batch.statuses:
-                        session.on_status(status)
+                    self.feed.on_statuses(batch.statuses)
                 except AuthFailed as exc:
                     log.error("%s", exc)
                     return ExitCode.AUTH
                 except FeedError as exc:
                     log.error("%s", exc)
-                    code = ExitCode.CONNECT
-                    stop.append(1)
-            ws.messages.clear()
-            for m in session.outgoing:
-                ws.send_text(m)
-            session.outgoing.clear()
-            out = ws.data_to_send()
-            if out:
-                t.sock.setblocking(True)
-                t.sock.sendall(out)
-                t.sock.setblocking(False)
-            if ws.state is State.CLOSED:
-                log.info("the server closed the websocket (%s %s)", ws.close_code, ws.close_reason)
-                break
-            if start == end:
-                start = end = 0
-            elif len(arena) - end < (1 << 20):
-                arena[: end - start] = view[start:end].tobytes()
-                start, end = 0, end - start
-    t.close()
-    write_line(
-        f"tb record: {recorded} messages, {events} events in {time.monotonic() - t0:.1f} s -> {args.out}"
-    )
-    return code
+                    return ExitCode.CONNECT
+        finally:
+            messages.clear()  # (views into the arena: not kept past this receive)
+        return None
+
+    def _send(self, transport) -> bool:
+        out = self.feed.data_to_send()
+        if not out:
+            return True
+        try:
+            transport.sock.setblocking(True)
+            transport.sock.sendall(out)
+            transport.sock.setblocking(False)
+        except OSError as exc:
+            log.error("cannot send to the server: %s", exc)
+            return False
+        return True
