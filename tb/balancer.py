@@ -37,7 +37,7 @@ from time import perf_counter
 
 import numpy as np
 
-from tb.counters import Counters
+from tb.counters import FINAL_PREFIX, STATS_PREFIX, Counters
 from tb.exitcode import ExitCode
 from tb.feed import DISCONNECT_REASONS, AuthFailed, FeedError, Session
 from tb.logs import sink, write_line
@@ -772,7 +772,7 @@ class Balancer:
         last = getattr(self, "_last_stats", (self.t0, 0))
         rate = (routed - last[1]) / max(1e-9, now - last[0])
         self._last_stats = (now, routed)
-        write_line(f"tb stats: {rate:,.0f} trades/s {self.counters_line()}")
+        write_line(f"{STATS_PREFIX}{rate:,.0f} trades/s {self.counters_line()}")
         self.loop.call_later(self.cfg.stats, self._print_stats)
 
     def counters_line(self) -> str:
@@ -816,7 +816,7 @@ class Balancer:
         syscalls = self.c.recvs + (w.writes if w else 0)
         recv_s, frames_s, route_s, write_s = self.stage
         return (
-            f"tb: final {self.counters_line()} bytes_in={self.c.bytes_in}"
+            f"{FINAL_PREFIX}{self.counters_line()} bytes_in={self.c.bytes_in}"
             f" messages={self.c.messages} recvs={self.c.recvs} pipe_writes={w.writes if w else 0}"
             f" spliced_bytes={w.spliced_bytes if w else 0}"
             f" syscalls_per_trade={syscalls / max(1, self.c.routed):.4f}"

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Counters", "parse_line"]
+__all__ = ["FINAL_PREFIX", "STATS_PREFIX", "Counters", "parse_line", "read_line"]
+
+STATS_PREFIX = "tb stats: "  # then "N trades/s", then the counters
+FINAL_PREFIX = "tb: final "  # the counters at exit, then the run's totals
 
 
 @dataclass(slots=True)
@@ -42,3 +45,15 @@ def parse_line(line: str) -> dict[str, str]:
         if eq:
             pairs[key] = value
     return pairs
+
+
+def read_line(line: str) -> tuple[str, dict[str, str]] | None:
+    """("stats" or "final", its pairs) if `line` is one of tb run's counter lines, else None.
+    A stats line's rate is under "trades_per_s" (the final line has its own)."""
+    if line.startswith(STATS_PREFIX):
+        pairs = parse_line(line)
+        pairs["trades_per_s"] = line[len(STATS_PREFIX) :].split(" ", 1)[0].replace(",", "")
+        return "stats", pairs
+    if line.startswith(FINAL_PREFIX):
+        return "final", parse_line(line)
+    return None

@@ -16,12 +16,11 @@ import sys
 import time
 
 from tb.cli import CLIError, positive_int
+from tb.counters import read_line
 from tb.replay import LISTENING
 
 __all__ = ["add_parser", "main"]
 
-_STATS = re.compile(r"tb stats: ([\d,]+) trades/s .*?routed=(\d+) .*?queued=(\d+)")
-_FINAL = re.compile(r"tb: final .*?routed=(\d+) .*?cpu_s=([\d.]+) cpu_s_per_million=([\d.]+)")
 _SENT = re.compile(r"sent (\d+) trades in (\d+) messages")
 
 
@@ -124,18 +123,17 @@ def _run(
         proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=run_log, text=True)
         for line in proc.stderr:
             run_log.write(line)
-            m = _STATS.search(line)
-            if m:
+            kind, pairs = read_line(line) or (None, {})
+            if kind == "stats":
                 print(
-                    f"  {time.monotonic() - t0:5.1f} s  {m.group(1):>12} trades/s"
-                    f"  routed {int(m.group(2)):>12,}  queued {int(m.group(3)):>9,}",
+                    f"  {time.monotonic() - t0:5.1f} s  {int(pairs['trades_per_s']):>12,} trades/s"
+                    f"  routed {int(pairs['routed']):>12,}  queued {int(pairs['queued']):>9,}",
                     flush=True,
                 )
+            elif kind == "final":
+                final = pairs
             if "flushing" in line or "connection ended" in line:
                 print(f"  {time.monotonic() - t0:5.1f} s  tb: {line.split(': ', 1)[-1].strip()}")
-            f = _FINAL.search(line)
-            if f:
-                final = f
         rc = proc.wait()
     wall = time.monotonic() - t0
     with open(replay_log_path) as f:
@@ -149,8 +147,8 @@ def _run(
     print(f"tb demo: tb run exited with {rc} after {wall:.1f} s (log: {run_log_path})")
     if final:
         print(
-            f"tb demo: balancer CPU {float(final.group(2)):.2f} s"
-            f" = {float(final.group(3)):.3f} CPU s per million trades"
+            f"tb demo: balancer CPU {float(final['cpu_s']):.2f} s"
+            f" = {float(final['cpu_s_per_million']):.3f} CPU s per million trades"
         )
     if worker:
         per_pipe = worker.get("per_pipe", [])

@@ -52,6 +52,7 @@ from tb.cli import (
     positive_int,
     slice_microseconds,
 )
+from tb.counters import read_line
 from tb.pipes.count_worker import progress_size, read_progress
 from tb.replay import LISTENING, STREAMING_TO
 from tb.sched import DEFAULT_SLICE_US
@@ -483,9 +484,9 @@ def _measure(
         if delivered > res.trades:
             res.extra = delivered - res.trades
     text = err_path.read_text(errors="replace")
-    final = [ln for ln in text.splitlines() if ln.startswith("tb: final")]
-    if final:
-        res.tb = {k: v for k, v in (kv.split("=", 1) for kv in final[-1].split() if "=" in kv)}
+    finals = [got[1] for ln in text.splitlines() if (got := read_line(ln)) and got[0] == "final"]
+    if finals:
+        res.tb = finals[-1]
     return res
 
 
