@@ -13,6 +13,7 @@ import time
 import pytest
 
 from tb.pipes import PipeError, read_records
+from tb.pipes.reader import read_batches
 
 
 def unread(fd: int) -> int:
@@ -163,3 +164,73 @@ def test_closed_fd_is_reported(pipes):
     os.close(fd)
     with pytest.raises(PipeError, match="not open"):
         next(read_records([fd]))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_batches_hold_the_same_records_as_read_records(pipes, frame, seed):
+    """read_batches: every record once, in order, as views that stay valid until the next batch."""
+    rng = random.Random(seed)
+    ps = pipes(1)
+    payloads = [rng.randbytes(rng.randint(0, 300)) for _ in range(400)]
+    stream = b"".join(map(frame, payloads))
+    cuts = sorted(rng.sample(range(1, len(stream)), 50))
+    pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    t = feed_in_pieces(ps.read_fds[0], ps.write_fds[0], pieces)
+    got, sizes = [], []
+    for pipe, records in read_batches(ps.read_fds, bufsize=512):
+        assert pipe == 0 and records and all(isinstance(r, memoryview) for r in records)
+        got.extend(bytes(r) for r in records)
+        sizes.append(len(records))
+    t.join(10)
+    assert got == payloads
+    assert len(sizes) > 1
+
+
+def test_a_header_over_the_limit_is_an_error_at_once(pipes, frame):
+    """A length no tb record has (a pipe that is not tb's, a torn record): PipeError while the
+    pipe is still open, not a wait for gigabytes that never come."""
+    ps = pipes(1)
+    os.write(ps.write_fds[0], frame(b'{"ok":1}') + struct.pack("<I", 0x7FFFFFF0) + b'{"x')
+    got = []
+    with pytest.raises(PipeError, match=r"pipe 0 .*announces 2147483632 bytes, more than"):
+        for item in read_records(ps.read_fds, max_record=1 << 20):
+            got.append(item)
+    assert got == [(0, b'{"ok":1}')]
+    # the limit applies to a header that arrives alone too
+    ps = pipes(1)
+    os.write(ps.write_fds[0], struct.pack("<I", 5000))
+    with pytest.raises(PipeError, match="announces 5000 bytes, more than the 4096-byte limit"):
+        next(read_batches(ps.read_fds, max_record=4096))
+
+
+def test_a_record_up_to_the_limit_is_read(pipes, frame):
+    ps = pipes(1)
+    big = b"b" * 5000
+    t = feed_in_pieces(ps.read_fds[0], ps.write_fds[0], [frame(big)[:3000], frame(big)[3000:]])
+    assert list(read_records(ps.read_fds, bufsize=1024, max_record=5000)) == [(0, big)]
+    t.join(10)
+
+
+def test_not_an_fd_is_reported():
+    with pytest.raises(PipeError, match="-1 is not a file descriptor"):
+        next(read_records([-1]))
+    with pytest.raises(PipeError, match="no pipes to read"):
+        next(read_batches([]))
+
+
+def test_sequence_check_sees_every_record(pipes, frame):
+    class Seen:
+        def __init__(self):
+            self.records = []
+
+        def check(self, record):
+            self.records.append(bytes(record))
+
+    ps = pipes(2)
+    os.write(ps.write_fds[0], frame(b"a") + frame(b"b"))
+    os.write(ps.write_fds[1], frame(b"c"))
+    for fd in ps.write_fds:
+        os.close(fd)
+    seen = Seen()
+    got = [r for _, r in read_records(ps.read_fds, sequence=seen)]
+    assert sorted(seen.records) == sorted(got) == [b"a", b"b", b"c"]
