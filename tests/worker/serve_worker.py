@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 from tb.worker import PipeError, SequenceCheck, decode_batch, serve
 
@@ -38,7 +39,7 @@ def main() -> int:
     def start(sub) -> None:
         path = os.path.join(args.logdir, f"{os.getpid()}.jsonl")
         state["fd"] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        out({"start": sub.index, "pipes": sub.pipes, "pid": os.getpid()})
+        out({"start": sub.index, "pipes": sub.pipes, "pid": os.getpid(), "t": time.monotonic()})
 
     def check_fail(sym: str | None) -> None:
         if args.fail_on and sym == args.fail_on:
