@@ -22,7 +22,14 @@ from typing import Protocol
 
 from tb.pipes.errors import PipeError
 
-__all__ = ["MAX_RECORD", "PipeBuffers", "fds_from_env", "read_batches", "read_records"]
+__all__ = [
+    "BATCH_READ",
+    "MAX_RECORD",
+    "PipeBuffers",
+    "fds_from_env",
+    "read_batches",
+    "read_records",
+]
 
 _HEADER = struct.Struct("<I")
 
@@ -183,17 +190,25 @@ def _poller(fds: Sequence[int]) -> select.poll:
     return poller
 
 
+# read_batches' default read size: a read of at most 64 KiB hands out ~600 feed records, fewer
+# objects than the garbage collector's first threshold (700), so a batch's views and whatever
+# the handler makes of them are not carried into the older generations, which are then walked
+# again and again. 1 MiB reads make read_batches ~2x slower (tools/bench_worker.py).
+BATCH_READ = 64 << 10
+
+
 def read_batches(
     fds: Sequence[int] | None = None,
     *,
-    bufsize: int = 1 << 20,
+    bufsize: int = BATCH_READ,
     max_record: int = MAX_RECORD,
     spin: bool = False,
 ) -> Iterator[tuple[int, list[memoryview]]]:
     """Yield (pipe_index, records) for each read that completed records, until every pipe hits EOF.
 
     records: memoryviews into the pipe's buffer, in pipe order, valid until the next batch is
-    asked for (bytes(view) keeps one). fds: the read ends, pipe i = fds[i]; default TB_PIPE_FDS.
+    asked for (bytes(view) keeps one). bufsize: the most one read takes (and the buffer's size,
+    grown only for a bigger record). fds: the read ends, pipe i = fds[i]; default TB_PIPE_FDS.
     spin: never sleep in poll (a core busy-polls; a record is seen microseconds after it enters
     its pipe, not after a wake-up -- what a latency measurement of the balancer wants).
     Raises PipeError if TB_PIPE_FDS is missing, an fd is not open, a pipe ends inside a record,

@@ -5,6 +5,11 @@ decode_batch(records) decodes many: orjson one call each (its per-call cost is s
 call for the whole batch, by joining the records into one JSON array (`[` rec `,` rec ... `]`),
 which saves json's per-call overhead (tools/bench_worker.py measures both). A batch with a
 record that is not valid JSON raises ValueError naming that record's position in the batch.
+
+decode_batch returns a list: every event of the batch alive at once. Thousands of dicts at once
+wake CPython's garbage collector, which then walks them again in its older generations; with
+orjson, `for event in map(loads, records)` (each event gone before the next is made) is ~10%
+faster than the list (tools/bench_worker.py).
 """
 
 from __future__ import annotations

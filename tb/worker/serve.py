@@ -45,7 +45,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from tb.pipes.errors import PipeError
-from tb.pipes.reader import MAX_RECORD, PipeBuffers, fds_from_env
+from tb.pipes.reader import BATCH_READ, MAX_RECORD, PipeBuffers, fds_from_env
 from tb.worker.sequence import SequenceCheck
 
 __all__ = ["SubWorker", "serve"]
@@ -75,7 +75,7 @@ def serve(
     start: Callable[[SubWorker], None] | None = None,
     finish: Callable[[SubWorker], None] | None = None,
     sequence: SequenceCheck | None = None,
-    bufsize: int = 1 << 20,
+    bufsize: int = BATCH_READ,
     max_record: int = MAX_RECORD,
     grace: float = 10.0,
 ) -> int:
