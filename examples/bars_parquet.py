@@ -4,10 +4,11 @@
 
 Each of --processes sub-workers (tb.worker.serve) reads its share of the pipes, so it sees every
 trade of its symbols, in feed order, and keeps the bars of the minutes still open. A minute is
-written once that sub-worker has seen a trade --grace seconds (of feed time: the trades' `t`)
-past the minute's end, and whatever is open at the end (EOF from tb, or SIGTERM):
+written once every pipe of that sub-worker (that has brought trades) has brought one --grace
+seconds (of feed time: the trades' `t`) past the minute's end, and whatever is open at the end
+(EOF from tb, or SIGTERM):
 
-    OUT/minute=YYYYMMDDTHHMM/part-K.parquet     (K: the sub-worker; its symbols' bars)
+    OUT/YYYYMMDDTHHMM/part-K.parquet     (UTC; K: the sub-worker; its symbols' bars)
 
 columns symbol, minute (timestamp ms UTC), open, high, low, close, volume, vwap, trades. A
 directory is one minute of the whole market: pyarrow.dataset.dataset(OUT) reads them all. A trade
@@ -25,7 +26,7 @@ import os
 import sys
 import time
 
-from tb.worker import DECODER, PipeError, SubWorker, decode_batch, serve
+from tb.worker import DECODER, PipeError, SubWorker, loads, serve
 
 try:
     import pyarrow as pa
@@ -44,12 +45,13 @@ class Bars:
         self.grace_ms = grace_ms
         self.open: dict[int, dict[str, list]] = {}
         self.written_through = -1  # every minute up to this one has been written
-        self.watermark = 0  # the latest trade time seen
+        self.watermarks: dict[int, int] = {}  # pipe -> the latest trade time seen on it
         self.part = 0
         self.trades = self.late = self.bars = self.files = 0
 
     def add(self, pipe: int, records: list) -> None:
-        for e in decode_batch(records):
+        latest = 0
+        for e in map(loads, records):
             if e.get("ev") != "T":
                 continue  # (quotes, aggregates, tb's gap records)
             t = e["t"]
@@ -74,9 +76,14 @@ class Bars:
                 bar[5] += p * s
                 bar[6] += 1
             self.trades += 1
-            if t > self.watermark:
-                self.watermark = t
-        done = (self.watermark - self.grace_ms) // MINUTE_MS - 1  # minutes closed by now
+            if t > latest:
+                latest = t
+        if not latest:
+            return
+        # Each pipe is in feed order, but the pipes are read one after the other: a minute is
+        # over when every pipe that has brought trades has gone --grace past its end.
+        self.watermarks[pipe] = max(latest, self.watermarks.get(pipe, 0))
+        done = (min(self.watermarks.values()) - self.grace_ms) // MINUTE_MS - 1
         if self.open and min(self.open) <= done:
             self.write(through=done)
 
@@ -102,7 +109,7 @@ class Bars:
             }
         )
         name = time.strftime("%Y%m%dT%H%M", time.gmtime(minute * 60))
-        folder = os.path.join(self.out, f"minute={name}")
+        folder = os.path.join(self.out, name)
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f"part-{self.part}.parquet")
         pq.write_table(table, path + ".tmp")
