@@ -4,8 +4,7 @@
 
 Each of --processes sub-workers (tb.worker.serve) reads its share of the pipes, so it sees every
 trade of its symbols, in feed order, and keeps the bars of the minutes still open. A minute is
-written once every pipe of that sub-worker (that has brought trades) has brought one --grace
-seconds (of feed time: the trades' `t`) past the minute's end, and whatever is open at the end
+written once every pipe of that sub-worker has brought a trade --grace seconds (of feed time: the trades' `t`) past the minute's end, and whatever is open at the end
 (EOF from tb, or SIGTERM):
 
     OUT/YYYYMMDDTHHMM/part-K.parquet     (UTC; K: the sub-worker; its symbols' bars)
@@ -40,12 +39,12 @@ MINUTE_MS = 60_000
 class Bars:
     """The open minutes of one sub-worker: {minute: {symbol: [o, h, l, c, volume, p*s, n]}}."""
 
-    def __init__(self, out: str, grace_ms: int) -> None:
+    def __init__(self, out: str, grace_ms: int, pipes: list[int]) -> None:
         self.out = out
         self.grace_ms = grace_ms
         self.open: dict[int, dict[str, list]] = {}
         self.written_through = -1  # every minute up to this one has been written
-        self.watermarks: dict[int, int] = {}  # pipe -> the latest trade time seen on it
+        self.watermarks = dict.fromkeys(pipes, 0)  # pipe -> the latest trade time seen on it
         self.part = 0
         self.trades = self.late = self.bars = self.files = 0
 
@@ -80,8 +79,9 @@ class Bars:
                 latest = t
         if not latest:
             return
-        # Each pipe is in feed order, but the pipes are read one after the other: a minute is
-        # over when every pipe that has brought trades has gone --grace past its end.
+        # Each pipe is in feed order, but the pipes are read one after the other (and one may be
+        # far ahead of another after tb queued for a worker that was starting): a minute is over
+        # when every pipe of this sub-worker has gone --grace past its end.
         self.watermarks[pipe] = max(latest, self.watermarks.get(pipe, 0))
         done = (min(self.watermarks.values()) - self.grace_ms) // MINUTE_MS - 1
         if self.open and min(self.open) <= done:
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     state: dict[str, Bars] = {}
 
     def start(sub: SubWorker) -> None:
-        state["bars"] = Bars(args.out, int(args.grace * 1000))
+        state["bars"] = Bars(args.out, int(args.grace * 1000), sub.pipes)
         state["bars"].part = sub.index
 
     def handle(pipe: int, records: list) -> None:
