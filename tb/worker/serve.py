@@ -248,7 +248,15 @@ class _Parent:
                 signal.signal(s, self._forward)
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
             for sub in self.subs:
-                pid = os.fork()
+                try:
+                    pid = os.fork()
+                except OSError as exc:
+                    self._forward(signal.SIGTERM, None)
+                    for pid in self.pids:
+                        os.waitpid(pid, 0)
+                    raise PipeError(
+                        f"cannot start sub-worker {sub.index}: {exc.strerror}"
+                    ) from None
                 if pid == 0:
                     _child(sub, args, set_death_signal, stats, old_mask)  # never returns
                 self.pids[pid] = sub
@@ -276,41 +284,47 @@ class _Parent:
                 pass
 
     def _wait(self) -> int:
+        """Wait for every sub-worker (on pidfds: only our own children are reaped); 1 if one
+        failed, after the others were stopped."""
+        pidfds = {os.pidfd_open(pid): pid for pid in self.pids}
+        poller = select.poll()
+        for pidfd in pidfds:
+            poller.register(pidfd, select.POLLIN)
         failed = False
         deadline = None
-        while self.pids:
-            if deadline is None:
-                pid, status = os.waitpid(-1, 0)
-            else:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-                if pid == 0:
-                    if time.monotonic() > deadline:
-                        for other in self.pids:
-                            os.kill(other, signal.SIGKILL)
-                        deadline = None
-                    else:
-                        time.sleep(0.01)
-                    continue
-            sub = self.pids.pop(pid, None)
-            if sub is None or status == 0:
+        while pidfds:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic()) * 1000
+            ready = poller.poll(timeout)
+            if not ready:  # the grace is over: the survivors are killed
+                for pid in self.pids:
+                    os.kill(pid, signal.SIGKILL)
+                deadline = None
                 continue
-            pipes = ",".join(map(str, sub.pipes))
-            print(
-                f"serve: sub-worker {sub.index} (pid {pid}, pipes {pipes}) {_describe(status)}",
-                file=sys.stderr,
-                flush=True,
-            )
-            if not failed:
-                failed = True
-                if self.pids:
-                    print(
-                        f"serve: stopping the other {len(self.pids)} sub-workers; the worker exits "
-                        "with status 1 (tb restarts it under its --restart policy)",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                self._forward(signal.SIGTERM, None)
-                deadline = time.monotonic() + self.grace
+            for pidfd, _ in ready:
+                pid = pidfds.pop(pidfd)
+                poller.unregister(pidfd)
+                os.close(pidfd)
+                _, status = os.waitpid(pid, 0)
+                sub = self.pids.pop(pid)
+                if status == 0:
+                    continue
+                pipes = ",".join(map(str, sub.pipes))
+                print(
+                    f"serve: sub-worker {sub.index} (pid {pid}, pipes {pipes}) {_describe(status)}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                if not failed:
+                    failed = True
+                    if self.pids:
+                        print(
+                            f"serve: stopping the other {len(self.pids)} sub-workers; the worker "
+                            "exits with status 1 (tb restarts it under its --restart policy)",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                    self._forward(signal.SIGTERM, None)
+                    deadline = time.monotonic() + self.grace
         return 1 if failed else 0
 
 

@@ -6,7 +6,8 @@ Usage (as tb starts it): python serve_worker.py LOGDIR [--processes K] [--batch]
 Sub-worker k writes LOGDIR/<pid>.jsonl: a "start" line with its index and pipes, one line per
 record ({"pipe": P, "raw": "..."}), written once per batch, and a "finish" line at the end.
 --decode decodes every batch with decode_batch (the line then also has "sym"); --fail-on SYM
-makes the handler raise on that symbol's first trade. --sequence counts q anomalies and writes
+makes the handler raise on that symbol's first trade, --hang-on SYM sleep 60 s in it (--grace:
+serve()'s). --sequence counts q anomalies and writes
 the totals to LOGDIR/sequence.json when serve() returns. The exit status is serve()'s.
 """
 
@@ -29,6 +30,8 @@ def main() -> int:
     parser.add_argument("--decode", action="store_true")
     parser.add_argument("--sequence", action="store_true")
     parser.add_argument("--fail-on")
+    parser.add_argument("--hang-on")
+    parser.add_argument("--grace", type=float, default=5)
     parser.add_argument("fds", type=int, nargs="*")
     args = parser.parse_intermixed_args()
     state = {}
@@ -44,6 +47,9 @@ def main() -> int:
     def check_fail(sym: str | None) -> None:
         if args.fail_on and sym == args.fail_on:
             raise RuntimeError(f"failing on {sym} as asked")
+        if args.hang_on and sym == args.hang_on:
+            out({"hanging": os.getpid()})
+            time.sleep(60)
 
     def on_batch(pipe: int, records: list) -> None:
         lines = []
@@ -57,7 +63,7 @@ def main() -> int:
         os.write(state["fd"], "".join(lines).encode())
 
     def on_record(pipe: int, record: bytes) -> None:
-        if args.fail_on:
+        if args.fail_on or args.hang_on:
             check_fail(json.loads(record).get("sym"))
         out({"pipe": pipe, "raw": record.decode()})
 
@@ -75,7 +81,7 @@ def main() -> int:
             start=start,
             finish=finish,
             sequence=sequence,
-            grace=5,
+            grace=args.grace,
         )
     except PipeError as exc:
         print(f"serve_worker: {exc}", file=sys.stderr)

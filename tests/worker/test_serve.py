@@ -149,6 +149,25 @@ def test_a_killed_sub_worker_stops_the_worker_non_zero(tmp_path):
     assert "Traceback" not in err
 
 
+def test_a_sub_worker_that_does_not_stop_is_killed_after_the_grace(tmp_path):
+    w = Worker(tmp_path, 2, "--processes", "2", "--hang-on", "S1", "--grace", "0.5")
+    w.send(0, [record(0, 0)])
+    w.send(1, [record(1, 0)])
+    victim, hanging = w.sub_pids(2)
+    deadline = time.monotonic() + 10
+    while not any("hanging" in ln for lines in w.logs().values() for ln in lines):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    if any("hanging" in ln for ln in w.logs()[victim]):
+        victim, hanging = hanging, victim
+    started = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    rc, err = w.wait(timeout=20)  # (not the 60 s the handler sleeps)
+    assert rc == 1 and time.monotonic() - started < 20
+    assert f"(pid {victim}, pipes " in err and "killed by signal 9" in err
+    assert f"(pid {hanging}, pipes 1) killed by signal 9 (SIGKILL)" in err
+
+
 def test_a_handler_that_raises_stops_the_worker_with_its_traceback(tmp_path):
     w = Worker(tmp_path, 2, "--processes", "2", "--batch", "--decode", "--fail-on", "S1")
     w.send(0, [record(0, k) for k in range(10)])
