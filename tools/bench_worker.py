@@ -13,8 +13,7 @@ of a worker does, whatever the writer costs. The modes, each to EOF on every pip
 - plain + orjson        read_records and orjson.loads per record
 - batch + json          read_batches and decode_batch with json (one call per batch)
 - batch + orjson        read_batches and `for event in map(orjson.loads, records)`
-- batch + orjson, list  read_batches and decode_batch with orjson (a list per batch: its
-                        thousands of dicts alive at once wake the garbage collector)
+- batch + orjson, list  read_batches and decode_batch with orjson (a list per batch)
 - serve, batch + orjson serve(handler, batch=True) in this process, map(orjson.loads, records)
 
 The modes run interleaved, --rounds times; the table gives each one's median and its ratio to

@@ -6,10 +6,9 @@ call for the whole batch, by joining the records into one JSON array (`[` rec `,
 which saves json's per-call overhead (tools/bench_worker.py measures both). A batch with a
 record that is not valid JSON raises ValueError naming that record's position in the batch.
 
-decode_batch returns a list: every event of the batch alive at once. Thousands of dicts at once
-wake CPython's garbage collector, which then walks them again in its older generations; with
-orjson, `for event in map(loads, records)` (each event gone before the next is made) is ~10%
-faster than the list (tools/bench_worker.py).
+decode_batch returns a list: every event of the batch alive at once, which is cheap only while
+a batch stays small (read_batches' 32 KiB reads: see tb.pipes.reader.BATCH_READ). For bigger
+batches `for event in map(loads, records)` makes each event only when it is needed.
 """
 
 from __future__ import annotations
