@@ -26,6 +26,7 @@ __all__ = [
     "BATCH_READ",
     "MAX_RECORD",
     "PipeBuffers",
+    "check_fds",
     "fds_from_env",
     "read_batches",
     "read_records",
@@ -56,6 +57,17 @@ def fds_from_env() -> list[int]:
         return [int(part) for part in value.split(",")]
     except ValueError:
         raise PipeError(f"TB_PIPE_FDS={value!r} is not a comma-separated list of fds") from None
+
+
+def check_fds(fds: Sequence[int]) -> None:
+    """PipeError unless every fd is an open file descriptor."""
+    for i, fd in enumerate(fds):
+        if not isinstance(fd, int) or fd < 0:
+            raise PipeError(f"{fd!r} is not a file descriptor")
+        try:
+            os.fstat(fd)
+        except OSError:
+            raise PipeError(f"pipe {i}: fd {fd} is not open in this process") from None
 
 
 class _PipeBuffer:
@@ -108,9 +120,7 @@ class PipeBuffers:
         self, fds: Sequence[int], *, bufsize: int = 1 << 20, max_record: int = MAX_RECORD
     ) -> None:
         self.fds = list(fds)
-        for fd in self.fds:
-            if not isinstance(fd, int) or fd < 0:
-                raise PipeError(f"{fd!r} is not a file descriptor")
+        check_fds(self.fds)
         self.max_record = max_record
         self._buffers = [_PipeBuffer(max(bufsize, 64)) for _ in self.fds]
 

@@ -45,7 +45,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from tb.pipes.errors import PipeError
-from tb.pipes.reader import BATCH_READ, MAX_RECORD, PipeBuffers, fds_from_env
+from tb.pipes.reader import BATCH_READ, MAX_RECORD, PipeBuffers, check_fds, fds_from_env
 from tb.worker.sequence import SequenceCheck
 
 __all__ = ["SubWorker", "serve"]
@@ -85,7 +85,8 @@ def serve(
     handler(pipe, records) for each read, records being memoryviews into the read buffer, valid
     during the call only (bytes(view) keeps one). pipe is the index into fds.
     processes: sub-workers to fork (at most one per pipe; 0: one per core this process may run
-    on); 1 runs in the calling process. fds: the read ends (default TB_PIPE_FDS).
+    on); 1 runs in the calling process. fds: the read ends (default TB_PIPE_FDS); with more than
+    one process they are closed here once forked (each stays open in its sub-worker only).
     start(sub) / finish(sub): called in each sub-worker before its first read / after its last
     (at EOF or on SIGTERM), with its SubWorker. sequence: count q anomalies (SequenceCheck; its
     callback runs in the sub-workers, its counters are summed here when serve() returns).
@@ -100,7 +101,7 @@ def serve(
     if processes == 0:
         processes = len(os.sched_getaffinity(0))
     processes = min(processes, len(fds))
-    PipeBuffers(fds)  # (checks the fds before anything is forked)
+    check_fds(fds)  # (before anything is forked)
     subs = [
         SubWorker(k, processes, [i for i in range(len(fds)) if i % processes == k])
         for k in range(processes)

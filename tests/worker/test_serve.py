@@ -271,3 +271,8 @@ def test_bad_arguments_are_clear_errors():
         serve(print, 2, fds=[-3, 4])
     with pytest.raises(ValueError, match="processes must be 0"):
         serve(print, -1, fds=[0])
+    r, w = os.pipe()
+    os.close(r)
+    os.close(w)
+    with pytest.raises(PipeError, match=f"pipe 1: fd {r} is not open in this process"):
+        serve(print, 2, fds=[0, r])  # (before anything is forked)
