@@ -27,6 +27,7 @@ exit.
 
 from __future__ import annotations
 
+import copy
 import gc
 import logging
 import os
@@ -37,7 +38,7 @@ from time import perf_counter
 
 import numpy as np
 
-from tb.counters import FINAL_PREFIX, STATS_PREFIX, Counters
+from tb.counters import FINAL_PREFIX, STATS_PREFIX, Counters, Snapshot, format_counters
 from tb.exitcode import ExitCode
 from tb.feed import DISCONNECT_REASONS, AuthFailed, FeedError, Session
 from tb.logs import sink, write_line
@@ -775,31 +776,34 @@ class Balancer:
         write_line(f"{STATS_PREFIX}{rate:,.0f} trades/s {self.counters_line()}")
         self.loop.call_later(self.cfg.stats, self._print_stats)
 
-    def counters_line(self) -> str:
-        c, w = self.c, self.writer
-        written = sum(w.written_records) if w else 0
-        queued = w.queued_records if w else 0
-        share = max(w.written_records) / written * 100 if written else 0.0  # (busiest pipe)
-        state = "streaming" if self.session and self.session.streaming else "connecting"
+    def snapshot(self) -> Snapshot:
+        """The counters and states at this moment (for --stats, the final line, the metrics;
+        safe to call from another thread: it only reads)."""
+        w, sup = self.writer, self.supervisor
+        since = None
         if self.transport is None:
-            state = "disconnected"
+            state, since = "disconnected", self.down_since
         elif self.paused_since is not None:
-            state = "paused"
-        depth = ",".join(
-            f"{i}:{n}" for i, n in enumerate(w.queued_bytes_per_pipe if w else ()) if n
+            state, since = "paused", self.paused_since
+        elif self.session is not None and self.session.streaming:
+            state = "streaming"
+        else:
+            state, since = "connecting", self.down_since
+        return Snapshot(
+            c=copy.copy(self.c),
+            general=self.router.totals.events,
+            written_records=list(w.written_records) if w else [],
+            queued_records=w.queued_records if w else 0,
+            queued_bytes=w.queued_bytes if w else 0,
+            queued_bytes_per_pipe=list(w.queued_bytes_per_pipe) if w else [],
+            state=state,
+            worker_alive=sup is not None and sup.running,
+            log_write_errors=sink().errors,
+            since=None if since is None else time.time() - (time.monotonic() - since),
         )
-        return (
-            f"received={c.events} routed={c.routed} written={written} queued={queued}"
-            f" queued_bytes={w.queued_bytes if w else 0} queue_per_pipe={depth or '-'}"
-            f" dropped_no_symbol={c.no_symbol}"
-            f" statuses={c.statuses} fallback={c.fallback} general={self.router.totals.events}"
-            f" malformed={c.malformed}"
-            f" lost_in_worker={c.lost_in_worker} worker_restarts={c.worker_restarts}"
-            f" pauses={c.pauses} paused_s={c.paused_s:.2f}"
-            f" reconnects={c.reconnects} disconnected_s={c.disconnected_s:.2f}"
-            f" max_pipe_share={share:.1f}% state={state}"
-            f" undelivered_at_exit={c.undelivered_at_exit} log_write_errors={sink().errors}"
-        )
+
+    def counters_line(self) -> str:
+        return format_counters(self.snapshot())
 
     def summary(self) -> str:
         wall = time.monotonic() - self.t0
