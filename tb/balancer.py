@@ -41,8 +41,9 @@ import numpy as np
 from tb.counters import FINAL_PREFIX, STATS_PREFIX, Counters, Snapshot, format_counters
 from tb.exitcode import ExitCode
 from tb.feed import DISCONNECT_REASONS, AuthFailed, FeedError, Session
-from tb.logs import sink, write_line
+from tb.logs import sink, write_counters
 from tb.loop import Loop, choose_loop
+from tb.metrics import MetricsError, MetricsServer
 from tb.pipes import PipeError, PipeWriter, open_pipes
 from tb.route import Router
 from tb.route.hashing import HASHES
@@ -106,6 +107,7 @@ class RunConfig:
     restart: str = "on-failure"  # always | on-failure | never
     max_restarts: int = 10  # more restarts than this within restart_window: give up (exit 4)
     restart_window: float = 60.0
+    metrics: tuple[str, int] | None = None  # serve /metrics and /healthz here
 
 
 class Balancer:
@@ -148,6 +150,7 @@ class Balancer:
         self.pipeset = None
         self.writer: PipeWriter | None = None
         self.supervisor: Supervisor | None = None
+        self.metrics: MetricsServer | None = None
         self.last_rx = 0.0
         self.last_ping = 0.0
         self.paused_since: float | None = None
@@ -160,7 +163,20 @@ class Balancer:
     # -- lifecycle ------------------------------------------------------------------------------
     def run(self) -> int:
         """Start the worker, connect, run the loop; return the process exit code."""
+        try:
+            return self._run()
+        finally:
+            if self.metrics is not None:
+                self.metrics.close()
+
+    def _run(self) -> int:
         cfg = self.cfg
+        if cfg.metrics is not None:
+            try:
+                self.metrics = MetricsServer(*cfg.metrics, self.snapshot)
+            except MetricsError as exc:
+                log.error("%s", exc)
+                return ExitCode.USAGE
         if cfg.sched_slice_us:  # (the worker, forked later, gets the kernel's default)
             why = request_slice(cfg.sched_slice_us)
             if why is None:
@@ -203,6 +219,8 @@ class Balancer:
             return ExitCode.WORKER
         self.scratch.outputs = self.writer.output_buffer  # big batches' runs are spliced
         self.signals = StopSignals(self.loop, self._on_stop_signal)
+        if self.metrics is not None:
+            self.metrics.start()
         if cfg.stats > 0:
             self.loop.call_later(cfg.stats, self._print_stats)
         self.loop.call_soon(self._connect)
@@ -227,7 +245,9 @@ class Balancer:
                 "%d records tb routed were never delivered to a worker (undelivered_at_exit)",
                 undelivered,
             )
-        write_line(self.summary())
+        write_counters("final", self.summary())
+        if self.metrics is not None:
+            self.metrics.close()  # (after the final line: its last scrape agrees with it)
         if self.exit_code is None:
             self.exit_code = ExitCode.OK
         if self.exit_code == ExitCode.OK and undelivered:
@@ -773,7 +793,7 @@ class Balancer:
         last = getattr(self, "_last_stats", (self.t0, 0))
         rate = (routed - last[1]) / max(1e-9, now - last[0])
         self._last_stats = (now, routed)
-        write_line(f"{STATS_PREFIX}{rate:,.0f} trades/s {self.counters_line()}")
+        write_counters("stats", f"{STATS_PREFIX}{rate:,.0f} trades/s {self.counters_line()}")
         self.loop.call_later(self.cfg.stats, self._print_stats)
 
     def snapshot(self) -> Snapshot:

@@ -105,10 +105,27 @@ def positive_float(text: str) -> float:
 
 
 def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
-    """-v/--verbose and -q/--quiet, read by the CLI's logging set-up."""
+    """-v/--verbose, -q/--quiet and --log-format, read by the CLI's logging set-up."""
     g = parser.add_argument_group("logging")
     g.add_argument("-v", "--verbose", action="count", default=0, help="more log lines (-vv: debug)")
     g.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    g.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="text (default) or json: one JSON object per line (time, level, logger, event and"
+        " the stats lines' fields), for log shippers",
+    )
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """An argparse type: HOST:PORT ([::1]:PORT for IPv6)."""
+    from tb.metrics import parse_listen
+
+    try:
+        return parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_run_arguments(p: argparse.ArgumentParser, *, positional: bool = True) -> None:
@@ -137,6 +154,14 @@ def add_run_arguments(p: argparse.ArgumentParser, *, positional: bool = True) ->
         "--once",
         action="store_true",
         help="exit when the connection ends instead of reconnecting (tests, demos, replays)",
+    )
+    p.add_argument(
+        "--metrics",
+        type=listen_address,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics and a health check on"
+        " /healthz (200 while connected, subscribed and the worker alive, else 503 and why);"
+        " needs pip install 'tb[metrics]'",
     )
     p.add_argument(
         "--max-buffer",
@@ -342,6 +367,7 @@ def _run_config(args: argparse.Namespace, worker: list[str]):
         ping_interval=args.ping_interval,
         idle_timeout=args.idle_timeout,
         max_restarts=args.max_restarts,
+        metrics=args.metrics,
     )
 
 
@@ -433,7 +459,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
         level = logging.WARNING
     elif getattr(args, "verbose", 0) >= 2:
         level = logging.DEBUG
-    setup_logging(level)
+    setup_logging(level, getattr(args, "log_format", "text"))
 
 
 def main(argv: list[str] | None = None) -> int:
