@@ -134,9 +134,9 @@ def test_a_paused_socket_is_unhealthy_and_says_since_when(tmp_path):
                   worker=[sys.executable, "-c", "import time; time.sleep(60)"])  # fmt: skip
     try:
         status, body = wait_for(
-            lambda: (r := get(f"http://127.0.0.1:{port}/healthz"))[0] == 503
-            and "paused" in r[1]
-            and r,
+            lambda: (
+                (r := get(f"http://127.0.0.1:{port}/healthz"))[0] == 503 and "paused" in r[1] and r
+            ),
             30,
             "a paused socket",
         )
