@@ -40,8 +40,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from tb.capture import CaptureError, read_capture
+from tb.certs import CertError, self_signed_context, server_context
 from tb.cli import positive_float, positive_int
-from tb.transport import TransportError, self_signed_context, server_context
 from tb.ws import (
     Connection,
     InvalidHandshake,
@@ -821,9 +821,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     """--tls-cert/--tls-key or --tls-self-signed -> a server context (None: plain ws://)."""
     if args.tls_cert and args.tls_self_signed:
-        raise TransportError("give --tls-cert or --tls-self-signed, not both")
+        raise CertError("give --tls-cert or --tls-self-signed, not both")
     if args.tls_key and not args.tls_cert:
-        raise TransportError("--tls-key needs --tls-cert")
+        raise CertError("--tls-key needs --tls-cert")
     if args.tls_cert:
         return server_context(args.tls_cert, args.tls_key, ktls=args.tls_ktls)
     if args.tls_self_signed:
@@ -834,7 +834,7 @@ def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
         log.info("self-signed certificate made with %s: tb run --cafile %s", how, cert)
         return ctx
     if args.tls_ktls:
-        raise TransportError("--tls-ktls needs --tls-cert or --tls-self-signed")
+        raise CertError("--tls-ktls needs --tls-cert or --tls-self-signed")
     return None
 
 
@@ -880,7 +880,7 @@ def main(args: argparse.Namespace) -> int:
             ssl_context=_tls_context(args),
             on_streaming=_print_first_streaming(),
         )
-    except TransportError as exc:
+    except CertError as exc:
         print(f"tb replay: {exc}", file=sys.stderr)
         return 2
     except CaptureError as exc:

@@ -14,7 +14,6 @@ line saying which TLS was chosen and why.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import ssl
 from dataclasses import dataclass
@@ -28,8 +27,6 @@ __all__ = [
     "parse_url",
     "Transport",
     "connect",
-    "server_context",
-    "self_signed_context",
 ]
 
 log = logging.getLogger("tb.transport")
@@ -252,104 +249,3 @@ def _tls_connect(
     ssock.setblocking(False)
     log.info("TLS %s %s: userspace TLS (%s)", ssock.version(), suite, why_not)
     return Transport(ssock, "tls")
-
-
-# --- the server side (tb replay): contexts and a throwaway certificate -----------------------
-
-
-def server_context(
-    certfile: str, keyfile: str | None = None, *, ktls: bool = False
-) -> ssl.SSLContext:
-    """A TLS server context from PEM files; `ktls` asks OpenSSL for kernel TX (SSL_OP_ENABLE_KTLS).
-
-    Raises:
-        TransportError: the files cannot be read or do not match.
-    """
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        ctx.load_cert_chain(certfile, keyfile)
-    except (OSError, ssl.SSLError) as exc:
-        raise TransportError(f"cannot load the TLS certificate/key: {exc}") from None
-    if ktls:
-        ctx.options |= 0x8  # SSL_OP_ENABLE_KTLS: OpenSSL 3.0 offloads TX for TLS 1.2 and 1.3
-    return ctx
-
-
-def self_signed_context(cert_out: str, *, ktls: bool = False) -> tuple[ssl.SSLContext, str]:
-    """A server context with a fresh self-signed certificate for localhost and 127.0.0.1.
-
-    The certificate (public) is written to `cert_out` for clients' --cafile; the private key never
-    touches disk (it goes to OpenSSL through a memfd). Returns (context, how it was made).
-    """
-    try:
-        cert_pem, key_pem = _self_signed_cryptography()
-        how = "the cryptography package"
-    except ImportError:
-        cert_pem, key_pem = _self_signed_openssl()
-        how = "openssl req"
-    with open(cert_out, "wb") as f:
-        f.write(cert_pem)
-    fd = os.memfd_create("tb-replay-key", os.MFD_CLOEXEC)
-    try:
-        os.write(fd, key_pem)
-        ctx = server_context(cert_out, f"/proc/self/fd/{fd}", ktls=ktls)
-    finally:
-        os.close(fd)
-    return ctx, how
-
-
-def _self_signed_cryptography() -> tuple[bytes, bytes]:
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tb replay (self-signed)")])
-    now = datetime.datetime.now(datetime.UTC)
-    san = x509.SubjectAlternativeName(
-        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    )
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(san, critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem
-
-
-def _self_signed_openssl() -> tuple[bytes, bytes]:
-    import subprocess
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="tb-cert-", dir="/dev/shm") as d:
-        args = [
-            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-nodes", "-keyout", f"{d}/key.pem", "-out", f"{d}/cert.pem", "-days", "2",
-            "-subj", "/CN=tb replay (self-signed)",
-            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ]  # fmt: skip
-        try:
-            subprocess.run(args, check=True, capture_output=True)
-        except (OSError, subprocess.CalledProcessError) as exc:
-            raise TransportError(
-                f"cannot make a self-signed certificate: {exc} (pip install cryptography, or "
-                "install the openssl command)"
-            ) from None
-        with open(f"{d}/cert.pem", "rb") as c, open(f"{d}/key.pem", "rb") as k:
-            return c.read(), k.read()

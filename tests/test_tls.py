@@ -19,13 +19,8 @@ import pytest
 
 from tb import ktls
 from tb.capture import read_capture
-from tb.transport import (
-    KTLSUnavailableError,
-    TLSVerifyError,
-    connect,
-    parse_url,
-    self_signed_context,
-)
+from tb.certs import self_signed_context
+from tb.transport import KTLSUnavailableError, TLSVerifyError, connect, parse_url
 
 
 @pytest.fixture
