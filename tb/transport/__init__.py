@@ -1,14 +1,20 @@
-"""Transports: how bytes come off the network into tb's receive arena.
+"""Transports: connecting to the feed, and how bytes come off the network into tb's arena.
 
-Theory of operation: a transport is connected and handshaken (TCP, then TLS when asked) before
-the loop sees it; from then on it is a nonblocking fd with `recv_into(view) -> n` (0 at EOF,
-`None` when nothing is ready) and `send(data) -> n`. Plain TCP reads the socket straight into the
-arena; userspace TLS reads through `SSLSocket.recv_into`, which may hold decrypted bytes that the
-fd no longer shows as readable, so `recv_into` keeps reading until the socket and the SSL object
-are empty or the view is full; kernel TLS (tb.ktls, `--tls ktls|auto`) hands the record layer to
-the kernel after the handshake and reads plaintext with `recvmsg_into`, no copy through OpenSSL.
-Connecting is blocking with a timeout: it happens only between sessions. `--tls auto` logs one
-line saying which TLS was chosen and why.
+Theory of operation: `connect(url)` makes a connected, handshaken transport before the loop sees
+it (TCP, then TLS for wss://); from then on it is a nonblocking byte stream (tb.transport.base:
+`Transport`, the interface, and the `TransportError` family). Connecting is blocking with a
+timeout: it happens only between sessions. For wss:// the certificate is verified by default
+(`cafile` for a private CA, `insecure` for a test server), and `tls_mode` picks how the records
+are decrypted:
+
+    userspace   OpenSSL, through the SSLSocket (base.Transport, kind "tls")
+    ktls        the kernel (tb.transport.ktls): OpenSSL does the handshake, then hands the
+                record layer to the kernel before anything is read; refused (exit 6) where the
+                kernel or the negotiated suite cannot
+    auto        the kernel when it can, else userspace
+
+`connect` logs one line saying which TLS was chosen and why. The layout: base (the interface and
+errors) <- ktls (a kind of transport) <- this module (the choice), so nothing imports back.
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ import ssl
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from tb.transport import ktls
+from tb.transport.base import KTLSUnavailableError, TLSVerifyError, Transport, TransportError
+
 __all__ = [
     "TransportError",
     "TLSVerifyError",
@@ -27,24 +36,12 @@ __all__ = [
     "parse_url",
     "Transport",
     "connect",
+    "TLS_MODES",
 ]
 
 log = logging.getLogger("tb.transport")
 
 TLS_MODES = ("auto", "ktls", "userspace")
-
-
-class TransportError(Exception):
-    """The connection could not be made or broke."""
-
-
-class TLSVerifyError(TransportError):
-    """The server's certificate did not verify (not retried: exit code 6)."""
-
-
-class KTLSUnavailableError(TLSVerifyError):
-    """`--tls ktls` was asked for and this kernel or connection cannot do it (not retried: exit
-    code 6, like a certificate failure: retrying would not change the answer)."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -87,63 +84,6 @@ def parse_url(url: str) -> FeedURL:
     return FeedURL(parts.scheme, parts.hostname, port, path)
 
 
-class Transport:
-    """A connected, nonblocking byte stream: plain TCP or userspace TLS (kernel TLS: tb.ktls)."""
-
-    def __init__(self, sock: socket.socket, kind: str) -> None:
-        self.sock = sock
-        self.kind = kind  # "tcp", "tls", "ktls"
-        self.fd = sock.fileno()
-        self._tls = isinstance(sock, ssl.SSLSocket)
-
-    def recv_into(self, view: memoryview) -> int | None:
-        """Read into `view`; return bytes read, 0 at EOF, None if nothing was ready."""
-        if not self._tls:
-            try:
-                return self.sock.recv_into(view)
-            except (BlockingIOError, InterruptedError):
-                return None
-            except OSError as exc:
-                raise TransportError(f"receive failed: {exc.strerror or exc}") from None
-        got = 0
-        size = len(view)
-        sock = self.sock
-        while got < size:
-            try:
-                n = sock.recv_into(view[got:])
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
-                break
-            except ssl.SSLZeroReturnError:
-                return got or 0
-            except (ssl.SSLError, OSError) as exc:
-                if got:
-                    return got
-                raise TransportError(f"TLS receive failed: {exc}") from None
-            if n == 0:
-                return got
-            got += n
-            # No break when pending() is 0: each SSL read returns at most one 16 KiB record, so
-            # keep reading until the socket is empty (SSLWantReadError) or the view is full.
-            # Bigger reads mean bigger routing batches (measured in the kTLS VM: stopping at
-            # pending() == 0 gave ~16 KiB per call against ~170 KiB per kTLS recvmsg).
-        return got if got else None
-
-    def send(self, data: bytes | memoryview) -> int:
-        """Send what the socket takes now; return the count (0 if it would block)."""
-        try:
-            return self.sock.send(data)
-        except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
-            return 0
-        except OSError as exc:
-            raise TransportError(f"send failed: {exc.strerror or exc}") from None
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-
 def connect(
     url: FeedURL,
     *,
@@ -164,9 +104,7 @@ def connect(
     if use_tls and tls_mode not in TLS_MODES:
         raise ValueError(f"tls_mode must be one of {', '.join(TLS_MODES)}, got {tls_mode!r}")
     if use_tls and tls_mode == "ktls":
-        from tb.ktls import kernel_missing
-
-        why_not = kernel_missing()
+        why_not = ktls.kernel_missing()
         if why_not:  # before connecting: no point in a handshake that cannot be used
             raise KTLSUnavailableError(f"--tls ktls: {why_not}")
     try:
@@ -196,8 +134,6 @@ def _tls_connect(
     sock: socket.socket, url: FeedURL, *, tls_mode: str, cafile: str | None, insecure: bool
 ) -> Transport:
     """Handshake on the connected `sock`, then pick kernel or userspace TLS (one log line why)."""
-    from tb import ktls
-
     # One context per connection: its key log (TLS 1.3 kTLS) then holds this connection's
     # secrets only, and lives in memory (a memfd), never in a file.
     try:

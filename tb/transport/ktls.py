@@ -35,7 +35,7 @@ import ssl
 import struct
 from dataclasses import dataclass
 
-from tb.transport import Transport, TransportError
+from tb.transport.base import Transport, TransportError
 
 __all__ = [
     "KTLSUnavailable",
@@ -301,8 +301,8 @@ class KTLSTransport(Transport):
                 return self._end(got, TransportError(_recv_error(exc)))
             # The kernel tags every record with its type when given a control buffer; one
             # read never mixes types, so one check per read covers all n bytes. Reading on
-            # until EAGAIN: one recvmsg stops at the records already complete (measured
-            # ~200 KiB a call at full speed), and bigger reads mean bigger routing batches.
+            # until EAGAIN: one recvmsg stops at the records already complete, and bigger
+            # reads mean bigger routing batches.
             if not anc or anc[0][2][0] == REC_DATA:
                 if n == 0:
                     return self._end(got, 0)
