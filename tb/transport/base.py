@@ -37,7 +37,7 @@ class KTLSUnavailableError(TLSVerifyError):
 
 
 class Transport:
-    """A connected, nonblocking byte stream: plain TCP or userspace TLS (kernel TLS: tb.transport.ktls)."""
+    """A connected, nonblocking byte stream: plain TCP or userspace TLS (kernel TLS: ktls.py)."""
 
     def __init__(self, sock: socket.socket, kind: str) -> None:
         self.sock = sock
