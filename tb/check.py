@@ -79,7 +79,7 @@ def _tls_module_file() -> str | None:
 
 def _ktls_ciphers() -> list[str]:
     """Versions x ciphers the kernel accepts for TLS_RX, probed on a loopback TCP pair."""
-    from tb import ktls
+    from tb.transport import ktls
 
     found = []
     versions = (("TLS1.2", ktls.TLS_1_2_VERSION), ("TLS1.3", ktls.TLS_1_3_VERSION))
@@ -105,7 +105,7 @@ def _ktls_ciphers() -> list[str]:
 
 
 def probe_ktls() -> Finding:
-    from tb import ktls
+    from tb.transport import ktls
 
     missing = ktls.kernel_missing()
     if missing is None:

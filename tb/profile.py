@@ -329,7 +329,7 @@ def run_profile(args: argparse.Namespace, live: bool = True) -> ProfileResult:
             payloads = list(read_capture(str(cap)))
             ctx = None
             if args.tls != "none":
-                from tb.transport import self_signed_context
+                from tb.certs import self_signed_context
 
                 ctx, _ = self_signed_context(str(work / "cert.pem"), ktls=args.tls == "ktls")
             server = ReplayServer(
