@@ -27,9 +27,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 #: Edges allowed for now, each with the reason it is still there.
-ALLOWED: dict[tuple[str, str], str] = {
-    ("tb.balancer", "tb.cli"): "STOP_SIGNALS",  # removed by the balancer split
-}
+ALLOWED: dict[tuple[str, str], str] = {}
 
 
 def module_names(root: Path, package: str) -> dict[str, Path]:
