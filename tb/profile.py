@@ -22,7 +22,10 @@ processes), so the latency is arrival minus send, per trade. The worker busy-pol
 (count_worker --latency --spin: every ready pipe is read and stamped before any record is
 parsed), so a record is stamped microseconds after it enters its pipe: feed->pipe, what the
 balancer adds. With --sleeping-worker it sleeps in poll as a real worker does, and the figure is
-feed->worker (the worker's own wake-up included: 100-200 µs on this kind of VM).
+feed->worker (the worker's own wake-up included, which on a VM is often the larger part).
+tools/compare.py can put a native reader (tools/native_reader.c) in the count worker's place,
+with the same arguments and the same --progress file, to measure balancers against a reader
+that empties the pipes at native speed.
 """
 
 from __future__ import annotations
