@@ -6,10 +6,12 @@
 
 Then KEY URL NPIPES WORKDIR WORKER... as `tb lb` takes them (tb profile appends those).
 
---timing: every call of the hot path's steps is timed (perf_counter_ns around it; the receive
-handler also in thread CPU time), and the report gives each step's median and p90 over the last
-two thirds of the run: the receive handler, the receive syscall, text_frames, the small router,
-the pipe writes (each os.write), and the layers between. The probes add ~0.1 µs per call.
+--timing: every call of the hot path's steps (tb.ingest) is timed (perf_counter_ns around it;
+the receive handler also in thread CPU time), and the report gives each step's median and p90
+over the last two thirds of the run: the receive handler (Ingest.on_readable), the receive
+syscall, text_frames, the small lane (Router.small_runs), the pipe writes (each os.write), and
+the layers between. A step this tb no longer has is an error: the probe names are updated with
+the hot path. The probes add ~0.1 µs per call.
 --opcodes: the bytecodes each function executes over the wake-ups A..B of the event loop, per
 wake-up and per trade (sys.settrace with opcode events: slow while tracing, so a trickle's
 receives grow; compare two versions in the same run, alternating). Deterministic where timing
@@ -65,20 +67,37 @@ def quantiles(xs: list[int]) -> str:
     return f"{len(x):8d} calls  p50 {at(0.5):7.1f} µs  p90 {at(0.9):7.1f} µs"
 
 
+def check_names(probed: list[tuple[object, str]]) -> None:
+    """Exit with an error naming each probed step this tb does not have (before any probe is
+    installed): the probes follow the hot path's names, and a silent gap would mislead."""
+    gone = [f"{getattr(o, '__name__', o)}.{n}" for o, n in probed if not hasattr(o, n)]
+    if gone:
+        sys.exit(f"wakeup_probe.py: {', '.join(gone)} gone from tb: update the probe")
+
+
 def probe_timing(out: str) -> None:
     import atexit
 
-    import tb.balancer as balancer
+    import tb.ingest as ingest
     import tb.pipes.writer as writer
+    import tb.route as route
     import tb.transport as transport
 
     ns, cpu = time.perf_counter_ns, time.thread_time_ns
     times: dict[str, list[int]] = {}
 
+    steps = [  # (owner, name): each is timed as `name`
+        (ingest, "text_frames"),
+        (ingest.Ingest, "_route_small"),
+        (route.Router, "small_runs"),
+        (ingest.Ingest, "_write"),
+        (writer.PipeWriter, "submit_small"),
+        (os, "write"),  # (submit_small takes os.write at each call)
+    ]
+    check_names([(ingest.Ingest, "on_readable"), *steps])
+
     def timed(owner, name: str, label: str) -> None:
-        f = getattr(owner, name, None)
-        if f is None:  # (a step this version of tb does not have: another version, A/B)
-            return
+        f = getattr(owner, name)
         xs = times.setdefault(label, [])
 
         def probe(*args):
@@ -89,8 +108,8 @@ def probe_timing(out: str) -> None:
 
         setattr(owner, name, probe)
 
-    on_readable = balancer.Balancer._on_readable
-    wall, spent = times.setdefault("_on_readable", []), times.setdefault("_on_readable (CPU)", [])
+    on_readable = ingest.Ingest.on_readable
+    wall, spent = times.setdefault("on_readable", []), times.setdefault("on_readable (CPU)", [])
 
     def on_readable_probe(self) -> None:
         c, t = cpu(), ns()
@@ -98,16 +117,12 @@ def probe_timing(out: str) -> None:
         wall.append(ns() - t)
         spent.append(cpu() - c)
 
-    balancer.Balancer._on_readable = on_readable_probe
+    ingest.Ingest.on_readable = on_readable_probe
     for cls in vars(transport).values():
         if isinstance(cls, type) and "recv_into" in vars(cls):
             timed(cls, "recv_into", "recv_into")
-    timed(balancer, "text_frames", "text_frames")
-    timed(balancer.Balancer, "_route_small", "_route_small")
-    timed(balancer, "small_runs", "small_runs")
-    timed(balancer.Balancer, "_write", "_write")
-    timed(writer.PipeWriter, "submit_small", "submit_small")
-    timed(os, "write", "os.write")  # (submit_small takes os.write at each call)
+    for owner, name in steps:
+        timed(owner, name, "os.write" if owner is os else name)
 
     def report() -> None:
         with open(out, "w") as f:
@@ -119,8 +134,8 @@ def probe_timing(out: str) -> None:
 
 
 def probe_opcodes(out: str, wakes: tuple[int, int]) -> None:
-    import tb.balancer as balancer
     from tb.loop.epoll import EpollLoop
+    from tb.route import Router
 
     first, last = wakes
     counts: collections.Counter[str] = collections.Counter()
@@ -157,13 +172,14 @@ def probe_opcodes(out: str, wakes: tuple[int, int]) -> None:
                 report()
         return got
 
-    small_runs = balancer.small_runs
+    check_names([(EpollLoop, "poll"), (Router, "small_runs")])
+    small_runs = Router.small_runs
 
-    def small_runs_probe(*args):
-        got = small_runs(*args)
+    def small_runs_probe(router, payloads):
+        got = small_runs(router, payloads)
         if got is not None and first <= seen["wakes"] < last:
             seen["trades"] += got[3]
-            seen["frames"] += len(args[0])
+            seen["frames"] += len(payloads)
         return got
 
     probes = ("poll_probe", "small_runs_probe", "trace_callers")
@@ -183,7 +199,7 @@ def probe_opcodes(out: str, wakes: tuple[int, int]) -> None:
                     f.write(f"{v / n:9.1f}  {name}\n")
 
     EpollLoop.poll = poll_probe
-    balancer.small_runs = small_runs_probe
+    Router.small_runs = small_runs_probe
 
 
 def main(argv: list[str]) -> int:
