@@ -119,7 +119,7 @@ class Ingest:
         """A new connection: its upgrade request (with `ws_key`) is on its way."""
         self.transport, self.ws, self.ws_key = transport, ws, ws_key
         self.upgraded = False
-        self.pos = self.end = 0  # the bytes not taken yet: arena[pos:end]
+        self.pos = self.end = 0
         self.last_rx = perf_counter()
 
     def reset(self) -> None:
@@ -166,6 +166,8 @@ class Ingest:
             if size < self.small_max:
                 # 3a. A trickle's receive: whole text frames of a few trades, the small lane's
                 #     runs straight to the writer -- the whole wake-up when they are trades.
+                # (relies on text_frames taking only whole final unmasked TEXT frames, else None:
+                # tests/ws/test_scan.py pins it against Connection.receive)
                 payloads = text_frames(view, self.pos, end, self.max_message)
                 if payloads is not None:
                     if self._route_small(payloads, t1):
@@ -176,7 +178,9 @@ class Ingest:
                         return
                     tried_small = True  # (declined: the scan below finds the same frames)
             else:
-                # 3b. A large receive: the span lane finds its frames in its own byte pass.
+                # 3b. A large receive: the span lane finds its frames in its own byte pass
+                #     (relies on each feed message ending "}]" right before the next header;
+                #     pinned by tests/route/test_router_props.py and tests/fuzz run_frames).
                 framed = self.router.route_frames(self.arr, self.pos, end, self.max_message)
             if framed is not None:
                 batch, starts, ends, stop = framed

@@ -33,13 +33,14 @@ finds the frame headers (each feed message ends with "}]", and the next header f
 so the receive needs no frame scan of its own (a pass over the buffer, ~2 ms per 4 MiB of
 1-5-trade frames). Whatever it cannot place that way it leaves to scan_data_frames.
 
-`route_small` applies the same rules to small batches in plain Python (numpy's fixed cost per
-call is ~0.5-1 ms). Both return None whenever a batch is not feed-shaped (a status message, other key
-orders, escapes, unicode, nesting): the caller then routes the same messages with Router.route,
-whose output these paths reproduce byte for byte on valid JSON (tests/route/test_spans.py and
-tests/fuzz pin it). The documented limit: the grammar inside an object is not checked, and
-unlike Router they do not check that its quotes pair up -- invalid JSON such as an unterminated
-string inside an object is passed on as the feed sent it, where Router counts it malformed.
+The small lane (tb.route.small) applies the same rules to small batches in plain Python (numpy's
+fixed cost per call is ~0.5-1 ms). Both return None whenever a batch is not feed-shaped (a status
+message, other key orders, escapes, unicode, nesting): the caller then routes the same messages
+with Router.route, whose output these lanes reproduce byte for byte on valid JSON
+(tests/route/test_router_props.py at random splits, tests/route/test_spans.py, tests/fuzz). The
+documented limit: the grammar inside an object is not checked, and unlike Router they do not check
+that its quotes pair up -- invalid JSON such as an unterminated string inside an object is passed
+on as the feed sent it, where Router counts it malformed.
 """
 
 from __future__ import annotations
