@@ -2,20 +2,13 @@
 
 Theory of operation:
 
-    socket --recv_into--> arena[start:end] --ws.receive--> payload views --Router.route--> per-pipe
+    socket --recv_into--> arena[start:end] --frames--> payload spans --Router--> per-pipe
     runs --PipeWriter.submit--> pipes --> worker
 
-One receive is one batch: every complete frame in the arena is scanned, every complete message is
-routed at once, and each pipe gets at most one write. The plain text frames at the front of the
-arena are taken straight from it: a large receive by route_frames (its "}" pass finds the frames
-too), a smaller one by scan_data_frames and then the span router -- or, under numpy's
-crossover (a trickle's receive of a few trades), by the small lane: small_runs' bare per-pipe
-lists straight to PipeWriter.submit_small, each step counted as the wake-up's cost is per
-bytecode (and a receive of whole text frames only, the usual one, has them read by
-text_frames, without the scan). What follows them (control frames, fragments, a partial
-frame) goes through ws.Connection. The payload views point into the arena and are dropped
-before the arena is compacted (the PipeWriter copies whatever it cannot write at once).
-Status objects come back from the router and drive the feed Session; what the session wants to
+The hot path (receive, frames, route, hand to the writer) is tb.ingest.Ingest: one receive is
+one batch, every complete message is routed at once, and each pipe gets at most one write (its
+module docstring tells how). The balancer around it owns the connection and the feed session:
+status objects come back from the ingest and drive the Session; what the session wants to
 send goes out as masked text frames. When the queued bytes pass --max-buffer the socket stops being
 read (TCP backpressure) until the pipes drain. The worker's death arrives on its pidfd, signals on
 the wakeup fd; both are ordinary readers on the loop.
@@ -36,36 +29,22 @@ import time
 from dataclasses import dataclass
 from time import perf_counter
 
-import numpy as np
-
 from tb.counters import FINAL_PREFIX, STATS_PREFIX, Counters, Snapshot, format_counters
 from tb.exitcode import ExitCode
 from tb.feed import DISCONNECT_REASONS, AuthFailed, FeedError, Session
+from tb.ingest import MAX_RECV, Ingest
 from tb.logs import sink, write_counters
 from tb.loop import Loop, choose_loop
 from tb.metrics import MetricsError, MetricsServer
 from tb.pipes import PipeError, PipeWriter, open_pipes
 from tb.route import Router
-from tb.route.hashing import HASHES
-from tb.route.spans import SPAN_PAD, Scratch, route_frames, route_small, route_spans, small_runs
 from tb.sched import DEFAULT_SLICE_US, request_slice
 from tb.signals import StopSignals
 from tb.supervisor import RestartPolicy, Supervisor
 from tb.transport import FeedURL, TLSVerifyError, Transport, TransportError, connect
-from tb.ws import (
-    Connection,
-    InvalidHandshake,
-    ProtocolError,
-    State,
-    client_request,
-    parse_client_response,
-)
-from tb.ws.scan import as_list, scan_data_frames, text_frames, utf8_errors
+from tb.ws import Connection, State, client_request
 
 __all__ = ["RunConfig", "Balancer", "MAX_RECV"]
-
-MAX_RECV = 4 << 20  # bytes per receive (and so per batch) at most
-SCAN_SCRATCH_MIN = 64 << 10  # smaller regions are scanned without the reused mask buffer
 
 log = logging.getLogger("tb.run")
 
@@ -119,24 +98,14 @@ class Balancer:
         self.loop.busy_poll = cfg.busy_poll
         self.router = Router(cfg.pipes, hash=cfg.hash, numpy_min_bytes=cfg.numpy_min_bytes)
         self.c = Counters()
-        # The arena holds at least one whole message of max size plus its frame header.
-        self.arena = bytearray(max(1 << 20, cfg.max_message + 64) + SPAN_PAD)
-        self.view = memoryview(self.arena)
-        self.arr = np.frombuffer(self.arena, dtype=np.uint8)  # the same bytes, for the span router
-        self.scratch = Scratch()  # the span router's buffers, reused batch after batch
-        self.packed = np.zeros(0, np.uint8)  # the Connection's messages, for the span router
-        self.symbol_pipes: dict[bytes, int] = {}  # the small-batch lane's symbol -> pipe cache
-        self.pick = HASHES[cfg.hash]  # (the small lane's hash function)
-        self.small_max = self.router.numpy_min_bytes  # smaller batches take the small lane
-        self.max_message = cfg.max_message
-        self.room = len(self.arena) - SPAN_PAD  # data never goes past this: row reads need slack
-        self.front = self.view[: min(self.room, MAX_RECV)]  # a receive into an empty arena
-        self.start = self.end = 0
+        # The hot path: the arena, frames, routing, the writes (tb.ingest).
+        self.ingest = Ingest(self.router, self.c, self, max_message=cfg.max_message)
+        self._on_readable = self.ingest.on_readable  # (the socket's reader: no step between)
+        self.stage = self.ingest.stage  # seconds in recv, frame scan, route, pipe write
         self.transport: Transport | None = None
         self.ws: Connection | None = None
         self.session: Session | None = None
         self.ws_key = ""
-        self.upgraded = False
         self.out = bytearray()
         self.reading = False
         self.exit_code: int | None = None
@@ -151,13 +120,10 @@ class Balancer:
         self.writer: PipeWriter | None = None
         self.supervisor: Supervisor | None = None
         self.metrics: MetricsServer | None = None
-        self.last_rx = 0.0
         self.last_ping = 0.0
         self.paused_since: float | None = None
         self.overflow_warned = 0.0
-        self.stage = [0.0, 0.0, 0.0, 0.0]  # seconds in recv, frame scan, route, pipe write
-        self.cpu_first = self.cpu_last = 0.0
-        self.t_first = self.t_last = 0.0
+        self.cpu_last = 0.0
         self._routed_at_tick = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -217,7 +183,7 @@ class Balancer:
             for fd in self.pipeset.read_fds:
                 os.close(fd)
             return ExitCode.WORKER
-        self.scratch.outputs = self.writer.output_buffer  # big batches' runs are spliced
+        self.ingest.attach(self.writer)
         self.signals = StopSignals(self.loop, self._on_stop_signal)
         if self.metrics is not None:
             self.metrics.start()
@@ -292,10 +258,9 @@ class Balancer:
         request, self.ws_key = client_request(cfg.url.host_header, cfg.url.path)
         self.ws = Connection(client=True, max_message=cfg.max_message)
         self.session = Session(cfg.key, cfg.key_source, cfg.subscribe)
-        self.upgraded = False
-        self.start = self.end = 0
+        self.ingest.start(self.transport, self.ws, self.ws_key)
         self.out.clear()
-        self.last_rx = self.last_ping = perf_counter()  # (perf_counter: the hot path's clock)
+        self.last_ping = perf_counter()  # (perf_counter: the hot path's clock)
         self._send(request)
         self._resume_reading()
         self.conn_timer = self.loop.call_later(cfg.handshake_timeout, self._handshake_timeout)
@@ -373,6 +338,7 @@ class Balancer:
         self.transport = None
         self.reading = False
         self.ws = None
+        self.ingest.reset()
         self.out.clear()
 
     def _send(self, data: bytes) -> None:
@@ -437,299 +403,38 @@ class Balancer:
                 held,
             )
 
-    # -- the hot path ---------------------------------------------------------------------------
-    def _on_readable(self) -> None:
-        view = self.view
-        stage = self.stage
-        t0 = perf_counter()
-        try:
-            # One receive is one batch; capping it keeps --max-buffer a tight bound (checked after
-            # each batch) while staying large enough that per-batch costs vanish per trade.
-            end = self.end
-            n = self.transport.recv_into(
-                self.front if not end else view[end : min(self.room, end + MAX_RECV)]
-            )
-        except TransportError as exc:
-            self._connection_lost(f"{exc}")
-            return
-        if n is None:
-            return
-        if n == 0:
-            self._connection_lost("the server closed the TCP connection")
-            return
-        c = self.c
-        c.recvs += 1
-        c.bytes_in += n
-        self.end += n
-        t1 = self.last_rx = perf_counter()
-        stage[0] += t1 - t0
-        if not self.upgraded and not self._upgrade():
-            return
-        ws = self.ws
-        if ws.state is State.OPEN and not ws.in_fragmented_message:
-            # The plain data frames, as spans straight from the arena; whatever follows them
-            # (control frames, fragments, a partial frame) goes through the Connection below.
-            start, end = self.start, self.end
-            size = end - start
-            framed = None
-            lean = True  # (the small lane may be tried)
-            if size < self.small_max:
-                payloads = text_frames(view, start, end, self.max_message)
-                if payloads is not None:  # whole text frames only: a trickle's usual receive
-                    if self._route_small(payloads, t1):  # of trades: the lean way, no scan
-                        self.start = self.end = 0
-                        writer = self.writer  # (no queue, the usual case: no call)
-                        if writer.queued_bytes and writer.over_limit():
-                            self._pause_for_backpressure()
-                        return
-                    lean = False  # (declined: the scan below finds the same frames)
-            else:
-                # a large receive: its frames are found by the router's own byte pass
-                framed = route_frames(
-                    self.arr,
-                    self.start,
-                    self.end,
-                    self.cfg.max_message,
-                    self.cfg.pipes,
-                    self.cfg.hash,
-                    self.scratch,
-                )
-            if framed is not None:  # (at least one message, all text frames)
-                batch, starts, ends, stop = framed
-                self.start = stop
-                routed = self._route_spans(starts, ends, [1] * len(starts), t1, batch)
-            else:
-                starts, ends, ops, stop = scan_data_frames(
-                    self.arr,
-                    view,
-                    self.start,
-                    self.end,
-                    self.cfg.max_message,
-                    self.scratch.bools(size + 63) if size >= SCAN_SCRATCH_MIN else None,
-                )
-                routed = True
-                if len(starts):
-                    self.start = stop
-                    stage[1] += perf_counter() - t1
-                    routed = self._route_spans(starts, ends, ops, lean=lean)
-            if len(starts):
-                if not routed or self.transport is None:
-                    return
-                if stop == self.end:
-                    # Only whole data frames arrived (the usual case): nothing for the
-                    # Connection, and the arena starts over at its front.
-                    self.start = self.end = 0
-                    if self.writer.over_limit():
-                        self._pause_for_backpressure()
-                    return
-                t1 = perf_counter()
-        try:
-            consumed = ws.receive(view[self.start : self.end])
-        except ProtocolError as exc:
-            log.error(
-                "websocket protocol error from the server: %s (closing with %d)",
-                exc,
-                exc.close_code,
-            )
-            self._route(ws.messages)  # messages completed before the bad frame are kept
-            self._send(ws.data_to_send())
-            self._connection_lost(f"protocol error: {exc}")
-            return
-        self.start += consumed
-        stage[1] += perf_counter() - t1
-        if ws.messages:
-            self._route_messages(ws.messages)
-        pending = ws.data_to_send()
-        if pending:
-            self._send(pending)
-        if self.transport is None:
-            return  # the session failed while routing
-        if ws.state is State.CLOSED:
-            code, reason = ws.close_code, ws.close_reason
-            self._connection_lost(
-                f"the server closed the websocket ({code} {reason})".rstrip(), clean=code == 1000
-            )
-            return
-        self._compact()
-        if self.writer.over_limit():
-            self._pause_for_backpressure()
+    # -- what the ingest calls (tb.ingest.IngestHost) and reads ------------------------------------
+    def connection_lost(self, why: str, *, clean: bool = False) -> None:
+        self._connection_lost(why, clean=clean)
 
-    def _route_small(self, payloads: list, t0: float) -> bool:
-        """Route a small batch of trades the lean way (small_runs' lists to submit_small, and
-        _account's steps for trades only); False, having done nothing, if it is not one."""
-        got = small_runs(payloads, self.cfg.pipes, self.pick, self.symbol_pipes)
-        if got is None:
-            return False
-        runs, counts, used, n = got
-        c = self.c
-        c.messages += len(payloads)
-        if n:
-            self._write(self.writer.submit_small, runs, counts, used, t0)
-            c.events += n
-            c.routed += n
-        return True
+    def send(self, data: bytes) -> None:
+        self._send(data)
 
-    def _pause_for_backpressure(self) -> None:
-        if not self.reading:
-            return
-        log.warning(
-            "%d MiB queued for the pipes (bound %d MiB): pausing the socket until the worker catches up",
-            self.writer.queued_bytes >> 20,
-            self.cfg.max_buffer >> 20,
-        )
-        self._pause_reading()
-        self.paused_since = self.overflow_warned = time.monotonic()
-        self.c.pauses += 1
+    def on_statuses(self, statuses: list[dict]) -> None:
+        self._on_statuses(statuses)
 
-    def _route_spans(self, starts, ends, ops, t0=None, batch=None, lean=True) -> bool:
-        """Route the scanned data frames; False if the connection failed (bad UTF-8).
+    def pause_for_backpressure(self) -> None:
+        self._pause_for_backpressure()
 
-        With `t0`, route_frames (started at t0) has made the feed-shaped attempt: its `batch`.
-        Not `lean`: the small lane has declined these frames already."""
-        payloads = None
-        if t0 is None:
-            t0 = perf_counter()
-            if ends[-1] - starts[0] < self.small_max:  # (as _fast would; the lean way first)
-                payloads = self._payloads(starts, ends)
-                if lean and self._route_small(payloads, t0):
-                    return True
-                batch = None
-            else:
-                batch, payloads = self._fast(starts, ends)
-        if batch is None:
-            k = self._leading_statuses(starts, ends)
-            if 0 < k < len(starts):
-                # the first receive after subscribing: the session's statuses, then the stream.
-                # The stream the fast way, then the statuses the general way (handled after the
-                # trades were written, as when the whole batch goes the general way).
-                rest, _ = self._fast(starts[k:], ends[k:])
-                if rest is not None:
-                    self.c.messages += len(starts) - k
-                    self._account(rest, t0)
-                    return self._route_general(starts[:k], ends[:k], ops[:k], None)
-        if batch is not None:
-            self.c.messages += len(starts)
-            self._account(batch, t0)
-            return True
-        return self._route_general(starts, ends, ops, payloads)
+    @property
+    def upgraded(self) -> bool:
+        return self.ingest.upgraded
 
-    def _fast(self, starts, ends, payloads=None) -> tuple:
-        """(the span router's batch or None, the payload views if it made them) for the
-        messages at starts/ends in the arena -- or, with `payloads`, these messages."""
-        # numpy's fixed cost per batch (~0.5-1 ms) pays only for big batches; small ones (a
-        # quiet feed's few trades per receive) take the same rules in plain Python
-        if ends[-1] - starts[0] >= self.small_max:
-            arr = self.arr
-            if payloads is not None:  # copied once into a padded buffer: rows read past the end
-                arr = self._packed(payloads, ends[-1])
-            starts, ends = np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64)
-            batch = route_spans(arr, starts, ends, self.cfg.pipes, self.cfg.hash, self.scratch)
-            return batch, None
-        if payloads is None:
-            payloads = self._payloads(starts, ends)
-        return route_small(payloads, self.cfg.pipes, self.cfg.hash, self.symbol_pipes), payloads
+    @property
+    def last_rx(self) -> float:
+        return self.ingest.last_rx
 
-    def _packed(self, payloads: list, size: int) -> np.ndarray:
-        """The payloads one after the other in a buffer with SPAN_PAD bytes to spare."""
-        if len(self.packed) < size + SPAN_PAD:
-            self.packed = np.zeros(max(size + SPAN_PAD, 2 * len(self.packed)), np.uint8)
-        view = memoryview(self.packed)
-        at = 0
-        for m in payloads:
-            view[at : at + len(m)] = m
-            at += len(m)
-        return self.packed
+    @property
+    def cpu_first(self) -> float:
+        return self.ingest.cpu_first
 
-    def _leading_statuses(self, starts, ends, most: int = 8) -> int:
-        """How many of the first messages (at most `most`) are status messages."""
-        view = self.view
-        k = 0
-        for s in as_list(starts[:most]):
-            head = view[s : s + 16]
-            if head != b'[{"ev":"status",' and head != b'[{"ev": "status"':
-                break
-            k += 1
-        return k
+    @property
+    def t_first(self) -> float:
+        return self.ingest.t_first
 
-    def _route_general(self, starts, ends, ops, payloads) -> bool:
-        """Not feed-shaped (statuses, other layouts, unicode...): the general router, after the
-        UTF-8 check that the span router's ASCII test would have made unnecessary."""
-        bad, error = utf8_errors(self.view, starts, ends, ops)
-        if payloads is None:
-            payloads = self._payloads(starts, ends)
-        if bad >= 0:
-            if bad:  # the messages before the bad one arrived whole: they are routed
-                self._route(payloads[:bad])
-            log.error(
-                "websocket protocol error from the server: text message is not UTF-8 (%s)", error
-            )
-            if self.ws is not None:
-                self.ws.send_close(1007, "invalid UTF-8")
-                self._send(self.ws.data_to_send())
-            self._connection_lost("protocol error: a text message is not UTF-8")
-            return False
-        self._route(payloads)
-        return self.transport is not None
-
-    def _payloads(self, starts, ends) -> list:
-        """The scanned messages as views of the arena (valid until the arena is compacted)."""
-        view = self.view
-        if len(starts) == 1:  # a quiet feed's usual receive
-            return [view[starts[0] : ends[0]]]
-        return [view[s:e] for s, e in zip(as_list(starts), as_list(ends), strict=True)]
-
-    def _route_messages(self, messages: list) -> None:
-        """Route what the Connection delivered (fragmented messages, frames after a control
-        frame): the fast way when feed-shaped, as the spans are, else the general way."""
-        t0 = perf_counter()
-        lens = np.fromiter(map(len, messages), np.int64, len(messages))
-        ends = np.cumsum(lens)
-        batch, _ = self._fast(ends - lens, ends, messages)  # (spans as if packed one after another)
-        if batch is None:
-            self._route(messages)
-            return
-        self.c.messages += len(messages)
-        messages.clear()
-        self._account(batch, t0)
-
-    def _route(self, messages: list) -> None:
-        t0 = perf_counter()
-        batch = self.router.route(messages)
-        self.c.messages += len(messages)
-        messages.clear()  # the views into the arena must not outlive this batch
-        self._account(batch, t0)
-
-    def _account(self, batch, t0: float) -> None:
-        c = self.c
-        if batch.routed:
-            self._write(self.writer.submit, batch.runs, batch.counts, batch.used, t0)
-        c.events += batch.events
-        c.routed += batch.routed
-        c.fallback += batch.fallback
-        c.no_symbol += batch.no_symbol
-        if batch.malformed:
-            c.malformed += batch.malformed
-            log.warning(
-                "malformed feed data (%d): %s", batch.malformed, "; ".join(batch.errors[:3])
-            )
-        if batch.statuses:
-            self._on_statuses(batch.statuses)
-
-    def _write(self, submit, runs: list, counts: list[int], used, t0: float) -> None:
-        """Hand routed runs to the writer (`submit`: its method for this kind of batch), timing
-        route (since t0) and write; before the batch's trades are added to the routed count."""
-        c = self.c
-        t1 = perf_counter()
-        if not c.routed:
-            self.cpu_first = time.process_time()
-            self.t_first = t1
-        stage = self.stage
-        stage[2] += t1 - t0
-        submit(runs, counts, used)
-        # (process_time is a slow syscall on some VMs: sampled here per batch only as wall
-        # time; the CPU end of the span is taken once a second in _tick and at the end)
-        self.t_last = t2 = perf_counter()
-        stage[3] += t2 - t1
+    @property
+    def t_last(self) -> float:
+        return self.ingest.t_last
 
     def _on_statuses(self, statuses: list[dict]) -> None:
         session = self.session
@@ -759,32 +464,17 @@ class Balancer:
             else:
                 log.info("streaming")
 
-    def _upgrade(self) -> bool:
-        try:
-            n = parse_client_response(self.view[: self.end], self.ws_key)
-        except InvalidHandshake as exc:
-            status = getattr(exc, "status", None)
-            if status in (401, 403):
-                log.error("the server refused the websocket upgrade: %s", exc)
-            self._connection_lost(f"websocket upgrade failed: {exc}")
-            return False
-        if n == 0:
-            if self.end >= self.room:
-                self._connection_lost("websocket upgrade response too large")
-            return False
-        self.upgraded = True
-        self.start = n
-        return True
-
-    def _compact(self) -> None:
-        # Views into the arena were dropped in _route; moving the tail is safe now.
-        start, end = self.start, self.end
-        if start == end:
-            self.start = self.end = 0
-        elif self.room - end < (256 << 10):
-            tail = end - start
-            self.arena[:tail] = self.view[start:end].tobytes()
-            self.start, self.end = 0, tail
+    def _pause_for_backpressure(self) -> None:
+        if not self.reading:
+            return
+        log.warning(
+            "%d MiB queued for the pipes (bound %d MiB): pausing the socket until the worker catches up",
+            self.writer.queued_bytes >> 20,
+            self.cfg.max_buffer >> 20,
+        )
+        self._pause_reading()
+        self.paused_since = self.overflow_warned = time.monotonic()
+        self.c.pauses += 1
 
     # -- reporting ------------------------------------------------------------------------------
     def _print_stats(self) -> None:

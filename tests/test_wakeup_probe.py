@@ -20,7 +20,7 @@ def test_timing_reports_every_step_of_a_trickle_wakeup(tmp_path):
     assert r["ok"] and r["delivered"] == 20000
     lines = out.read_text().splitlines()[1:]
     steps = {ln.split()[0]: ln for ln in lines}
-    for step in ("_on_readable", "recv_into", "text_frames", "small_runs", "submit_small",
+    for step in ("on_readable", "recv_into", "text_frames", "small_runs", "submit_small",
                  "os.write"):  # fmt: skip
         calls, p50 = re.search(r"(\d+) calls +p50 +([\d.]+) µs", steps[step]).groups()
         assert int(calls) > 0 and float(p50) > 0, steps[step]
@@ -37,7 +37,7 @@ def test_opcodes_counts_the_wakeups_it_was_asked_for(tmp_path):
     ).groups()
     assert float(per_wake) > 100 and float(trades) >= 1
     names = [row.split()[-1] for row in rows]
-    assert "small_runs" in names and "Balancer._on_readable" in names
+    assert "small_runs" in names and "Ingest.on_readable" in names
     assert not any("probe" in n for n in names)  # (the probes' own steps are left out)
 
 

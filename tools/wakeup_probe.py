@@ -6,10 +6,12 @@
 
 Then KEY URL NPIPES WORKDIR WORKER... as `tb lb` takes them (tb profile appends those).
 
---timing: every call of the hot path's steps is timed (perf_counter_ns around it; the receive
-handler also in thread CPU time), and the report gives each step's median and p90 over the last
-two thirds of the run: the receive handler, the receive syscall, text_frames, the small router,
-the pipe writes (each os.write), and the layers between. The probes add ~0.1 µs per call.
+--timing: every call of the hot path's steps (tb.ingest) is timed (perf_counter_ns around it;
+the receive handler also in thread CPU time), and the report gives each step's median and p90
+over the last two thirds of the run: the receive handler (Ingest.on_readable), the receive
+syscall, text_frames, the small lane (Router.small_runs), the pipe writes (each os.write), and
+the layers between. A step this tb no longer has is an error: the probe names are updated with
+the hot path. The probes add ~0.1 µs per call.
 --opcodes: the bytecodes each function executes over the wake-ups A..B of the event loop, per
 wake-up and per trade (sys.settrace with opcode events: slow while tracing, so a trickle's
 receives grow; compare two versions in the same run, alternating). Deterministic where timing
@@ -34,22 +36,22 @@ import sys
 import time
 
 #: --timing: (module, name in it, label in the report, also in thread CPU time). Module-level
-#: names are replaced in the module that calls them (tb.balancer's own globals).
+#: names are replaced in the module that calls them (tb.ingest's own globals).
 TIMED = [
-    ("tb.balancer", "Balancer._on_readable", "_on_readable", True),
+    ("tb.ingest", "Ingest.on_readable", "on_readable", True),
     ("tb.transport.base", "Transport.recv_into", "recv_into", False),
     ("tb.transport.ktls", "KTLSTransport.recv_into", "recv_into", False),
-    ("tb.balancer", "text_frames", "text_frames", False),
-    ("tb.balancer", "Balancer._route_small", "_route_small", False),
-    ("tb.balancer", "small_runs", "small_runs", False),
-    ("tb.balancer", "Balancer._write", "_write", False),
+    ("tb.ingest", "text_frames", "text_frames", False),
+    ("tb.ingest", "Ingest._route_small", "_route_small", False),
+    ("tb.route", "Router.small_runs", "small_runs", False),
+    ("tb.ingest", "Ingest._write", "_write", False),
     ("tb.pipes.writer", "PipeWriter.submit_small", "submit_small", False),
     ("os", "write", "os.write", False),  # (submit_small takes os.write at each call)
 ]
 #: --opcodes: the loop's poll counts the wake-ups; the small router counts their trades.
 OPCODE_HOOKS = {
     "poll": ("tb.loop.epoll", "EpollLoop.poll"),
-    "small_runs": ("tb.balancer", "small_runs"),
+    "small_runs": ("tb.route", "Router.small_runs"),
 }
 
 USAGE = (
@@ -222,7 +224,7 @@ def probe_opcodes(out: str, wakes: tuple[int, int]) -> None:
         got = small_runs(*args)
         if got is not None and first <= seen["wakes"] < last:
             seen["trades"] += got[3]
-            seen["frames"] += len(args[0])
+            seen["frames"] += len(args[-1])  # (the payloads; args[0] is the Router)
         return got
 
     probes = ("poll_probe", "small_runs_probe", "trace_callers")
