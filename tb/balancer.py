@@ -24,25 +24,27 @@ import copy
 import gc
 import logging
 import os
-import random
 import time
 from dataclasses import dataclass
 from time import perf_counter
 
 from tb.counters import FINAL_PREFIX, STATS_PREFIX, Counters, Snapshot, format_counters
 from tb.exitcode import ExitCode
-from tb.feed import DISCONNECT_REASONS, AuthFailed, FeedError, Session
+from tb.feed import AuthFailed, FeedError
+from tb.feed.client import FeedClient
+from tb.feed.policy import Backoff, Keepalive, KeepaliveAction
 from tb.ingest import MAX_RECV, Ingest
 from tb.logs import sink, write_counters
 from tb.loop import Loop, choose_loop
 from tb.metrics import MetricsError, MetricsServer
 from tb.pipes import PipeError, PipeWriter, open_pipes
+from tb.pipes.gap import encode_gap
 from tb.route import Router
 from tb.sched import DEFAULT_SLICE_US, request_slice
 from tb.signals import StopSignals
 from tb.supervisor import RestartPolicy, Supervisor
 from tb.transport import FeedURL, TLSVerifyError, Transport, TransportError, connect
-from tb.ws import Connection, State, client_request
+from tb.ws import State
 
 __all__ = ["RunConfig", "Balancer", "MAX_RECV"]
 
@@ -87,6 +89,7 @@ class RunConfig:
     max_restarts: int = 10  # more restarts than this within restart_window: give up (exit 4)
     restart_window: float = 60.0
     metrics: tuple[str, int] | None = None  # serve /metrics and /healthz here
+    gap_records: bool = False  # a tb.gap record to every pipe when streaming resumes
 
 
 class Balancer:
@@ -103,13 +106,13 @@ class Balancer:
         self._on_readable = self.ingest.on_readable  # (the socket's reader: no step between)
         self.stage = self.ingest.stage  # seconds in recv, frame scan, route, pipe write
         self.transport: Transport | None = None
-        self.ws: Connection | None = None
-        self.session: Session | None = None
-        self.ws_key = ""
+        self.feed: FeedClient | None = None  # the connection's protocol state
         self.out = bytearray()
         self.reading = False
         self.exit_code: int | None = None
-        self.backoff = cfg.backoff_min
+        self.backoff = Backoff(cfg.backoff_min, cfg.backoff_max)
+        self.keepalive = Keepalive(cfg.ping_interval, cfg.idle_timeout)
+        self.gap: tuple[int, str] | None = None  # (from ms, reason) of a gap not yet reported
         self.down_since: float | None = None
         self.conn_timer = None
         self.stopping = False
@@ -120,7 +123,6 @@ class Balancer:
         self.writer: PipeWriter | None = None
         self.supervisor: Supervisor | None = None
         self.metrics: MetricsServer | None = None
-        self.last_ping = 0.0
         self.paused_since: float | None = None
         self.overflow_warned = 0.0
         self.cpu_last = 0.0
@@ -140,6 +142,7 @@ class Balancer:
         if cfg.metrics is not None:
             try:
                 self.metrics = MetricsServer(*cfg.metrics, self.snapshot)
+                self.ingest.sample_lag = True
             except MetricsError as exc:
                 log.error("%s", exc)
                 return ExitCode.USAGE
@@ -255,13 +258,19 @@ class Balancer:
         except TransportError as exc:
             self._connection_lost(f"{exc}")
             return
-        request, self.ws_key = client_request(cfg.url.host_header, cfg.url.path)
-        self.ws = Connection(client=True, max_message=cfg.max_message)
-        self.session = Session(cfg.key, cfg.key_source, cfg.subscribe)
-        self.ingest.start(self.transport, self.ws, self.ws_key)
+        self.feed = FeedClient(
+            cfg.url.host_header,
+            cfg.url.path,
+            cfg.key,
+            cfg.key_source,
+            cfg.subscribe,
+            max_message=cfg.max_message,
+        )
+        self.ingest.start(self.transport, self.feed)
+        self.ingest.gap_pending = self.gap is not None
         self.out.clear()
-        self.last_ping = perf_counter()  # (perf_counter: the hot path's clock)
-        self._send(request)
+        self.keepalive.start(perf_counter())  # (perf_counter: the hot path's clock)
+        self._send(self.feed.data_to_send())  # the upgrade request
         self._resume_reading()
         self.conn_timer = self.loop.call_later(cfg.handshake_timeout, self._handshake_timeout)
 
@@ -272,38 +281,36 @@ class Balancer:
             self._routed_at_tick = self.c.routed
             self.cpu_last = time.process_time()
         self.supervisor.check_stalls(time.monotonic())
-        if self.transport is None or self.ws is None or not self.upgraded:
+        feed = self.feed
+        if self.transport is None or feed is None or not feed.upgraded:
             return
-        cfg = self.cfg
         if self.paused_since is not None:
             self._check_overflow(time.monotonic())
             return  # not reading on purpose: silence is ours, not the peer's
-        now = perf_counter()
-        if cfg.idle_timeout and now - self.last_rx > cfg.idle_timeout:
-            self._connection_lost(
-                f"nothing received for {now - self.last_rx:.0f} s: the peer is gone"
-            )
-            return
-        if (
-            cfg.ping_interval
-            and now - self.last_ping >= cfg.ping_interval
-            and self.ws.state is State.OPEN
-        ):
-            self.last_ping = now
-            self.ws.send_ping(b"tb")
-            self._send(self.ws.data_to_send())
+        now, last_rx = perf_counter(), self.ingest.last_rx
+        action = self.keepalive.check(now, last_rx)
+        if action is KeepaliveAction.DEAD:
+            self._connection_lost(f"nothing received for {now - last_rx:.0f} s: the peer is gone")
+        elif action is KeepaliveAction.PING and feed.ws.state is State.OPEN:
+            feed.ws.send_ping(b"tb")
+            self._send(feed.data_to_send())
 
     def _handshake_timeout(self) -> None:
-        if self.session is not None and not self.session.streaming:
-            phase = "websocket upgrade" if not self.upgraded else self.session.phase.value
+        if self.feed is not None and not self.feed.streaming:
+            phase = self.feed.phase
             self._connection_lost(
                 f"no answer from the server during {phase} in {self.cfg.handshake_timeout:g} s"
             )
 
     def _connection_lost(self, why: str, *, clean: bool = False) -> None:
         """Log why, drop the socket, and reconnect with backoff (or end, with --once)."""
-        reason = self.session.disconnect_reason if self.session else None
-        was_streaming = self.session is not None and self.session.streaming
+        feed = self.feed
+        reason = feed.disconnect_reason if feed else None
+        was_streaming = feed is not None and feed.streaming
+        if was_streaming and self.cfg.gap_records and self.gap is None:
+            # the last data before the drop, on the wall clock, for the workers' tb.gap record
+            last = time.time() - (perf_counter() - self.ingest.last_rx)
+            self.gap = (int(last * 1000), why)
         self._drop_connection()
         if self.stopping:
             return
@@ -313,13 +320,7 @@ class Balancer:
             )
             self.stop(ExitCode.OK if clean else ExitCode.CONNECT)
             return
-        if was_streaming:
-            self.backoff = self.cfg.backoff_min
-        delay = self.backoff
-        if reason in DISCONNECT_REASONS:
-            delay = max(delay, 5.0)  # the server asked us to go away: do not hammer it
-        delay *= 0.5 + random.random()  # jitter: many clients must not reconnect in step
-        self.backoff = min(self.cfg.backoff_max, self.backoff * 2)
+        delay = self.backoff.next_delay(was_streaming=was_streaming, reason=reason)
         self.c.reconnects += 1
         if self.down_since is None:
             self.down_since = time.monotonic()
@@ -337,7 +338,7 @@ class Balancer:
             self.transport.close()
         self.transport = None
         self.reading = False
-        self.ws = None
+        self.feed = None
         self.ingest.reset()
         self.out.clear()
 
@@ -437,25 +438,21 @@ class Balancer:
         return self.ingest.t_last
 
     def _on_statuses(self, statuses: list[dict]) -> None:
-        session = self.session
-        was_streaming = session.streaming
-        for status in statuses:
-            self.c.statuses += 1
-            try:
-                session.on_status(status)
-            except AuthFailed as exc:
-                log.error("%s", exc)
-                self.stop(ExitCode.AUTH)
-                return
-            except FeedError as exc:
-                self._connection_lost(f"{exc}")
-                return
-        if self.ws.state is State.OPEN and session.outgoing:
-            for message in session.outgoing:
-                self.ws.send_text(message)
-            self._send(self.ws.data_to_send())
-        session.outgoing.clear()
-        if session.streaming and not was_streaming:
+        feed = self.feed
+        self.c.statuses += len(statuses)
+        try:
+            began = feed.on_statuses(statuses)
+        except AuthFailed as exc:
+            log.error("%s", exc)
+            self.stop(ExitCode.AUTH)
+            return
+        except FeedError as exc:
+            self._connection_lost(f"{exc}")
+            return
+        out = feed.data_to_send()  # (the session's answers: auth, subscribe)
+        if out:
+            self._send(out)
+        if began:
             if self.down_since is not None:
                 gap = time.monotonic() - self.down_since
                 self.c.disconnected_s += gap
@@ -463,6 +460,23 @@ class Balancer:
                 self.down_since = None
             else:
                 log.info("streaming")
+            if self.gap is not None:
+                self.write_gap()
+
+    def write_gap(self) -> None:
+        """Write the pending tb.gap record to every pipe, ahead of the new connection's first
+        event (the ingest calls this before its first write once a gap is pending)."""
+        start, reason = self.gap
+        self.gap = None
+        self.ingest.gap_pending = False
+        end = int(time.time() * 1000)
+        record = encode_gap(start, max(start, end), reason)
+        n = self.cfg.pipes
+        self.writer.submit_small([record] * n, [1] * n, list(range(n)))
+        self.c.gap_records += n
+        log.info(
+            "wrote a tb.gap record to every pipe: %d ms without data (%s)", end - start, reason
+        )
 
     def _pause_for_backpressure(self) -> None:
         if not self.reading:
@@ -495,7 +509,7 @@ class Balancer:
             state, since = "disconnected", self.down_since
         elif self.paused_since is not None:
             state, since = "paused", self.paused_since
-        elif self.session is not None and self.session.streaming:
+        elif self.feed is not None and self.feed.streaming:
             state = "streaming"
         else:
             state, since = "connecting", self.down_since
@@ -509,8 +523,13 @@ class Balancer:
             state=state,
             worker_alive=sup is not None and sup.running,
             log_write_errors=sink().errors,
+            feed_lag_s=self._feed_lag(),
             since=None if since is None else time.time() - (time.monotonic() - since),
         )
+
+    def _feed_lag(self) -> float | None:
+        ms = self.ingest.newest_trade_ms()
+        return None if ms is None else time.time() - ms / 1000
 
     def counters_line(self) -> str:
         return format_counters(self.snapshot())

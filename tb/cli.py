@@ -156,6 +156,13 @@ def add_run_arguments(p: argparse.ArgumentParser, *, positional: bool = True) ->
         help="exit when the connection ends instead of reconnecting (tests, demos, replays)",
     )
     p.add_argument(
+        "--gap-records",
+        action="store_true",
+        help='when streaming resumes after a reconnect, write {"ev":"tb.gap","from":MS,"to":MS,'
+        '"reason":"..."} to every pipe before the new connection\'s first event: the window the'
+        " worker did not see (off by default: the C original's contract has only feed events)",
+    )
+    p.add_argument(
         "--metrics",
         type=listen_address,
         metavar="HOST:PORT",
@@ -368,6 +375,7 @@ def _run_config(args: argparse.Namespace, worker: list[str]):
         idle_timeout=args.idle_timeout,
         max_restarts=args.max_restarts,
         metrics=args.metrics,
+        gap_records=args.gap_records,
     )
 
 

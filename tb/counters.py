@@ -2,6 +2,8 @@
 
 Every event that reaches the router is routed (then written to a pipe, or queued for one), a
 status, or dropped by a named policy (no_symbol); malformed input is counted per message. The
+records in the pipes are the routed events plus the tb.gap records (--gap-records): routed +
+gap_records = written + queued. The
 pipe writer keeps its own per-pipe counts (written, queued, spliced); the run's end adds what
 never reached a worker (undelivered_at_exit). The stats line (`--stats`, and the final line at
 exit) is `key=value` pairs; parse_line() reads one back, for the tools that run tb as a process.
@@ -43,6 +45,7 @@ class Counters:
     paused_s: float = 0.0
     worker_restarts: int = 0
     undelivered_at_exit: int = 0
+    gap_records: int = 0  # tb.gap records written (one per pipe per resumed stream)
 
 
 @dataclass(slots=True)
@@ -87,7 +90,7 @@ def format_counters(s: Snapshot) -> str:
         f" lost_in_worker={c.lost_in_worker} worker_restarts={c.worker_restarts}"
         f" pauses={c.pauses} paused_s={c.paused_s:.2f}"
         f" reconnects={c.reconnects} disconnected_s={c.disconnected_s:.2f}"
-        f" max_pipe_share={share:.1f}% state={s.state}"
+        f" max_pipe_share={share:.1f}% state={s.state} gap_records={c.gap_records}"
         f" undelivered_at_exit={c.undelivered_at_exit} log_write_errors={s.log_write_errors}"
     )
 

@@ -39,16 +39,18 @@ from typing import Protocol
 
 import numpy as np
 
+from tb.feed.client import FeedClient
 from tb.pipes import PipeWriter
 from tb.route import SPAN_PAD, Router
 from tb.transport import Transport, TransportError
-from tb.ws import Connection, InvalidHandshake, ProtocolError, State, parse_client_response
+from tb.ws import Connection, InvalidHandshake, ProtocolError, State
 from tb.ws.scan import as_list, scan_data_frames, text_frames, utf8_errors
 
 __all__ = ["Ingest", "IngestHost", "StageTimes", "MAX_RECV"]
 
 MAX_RECV = 4 << 20  # bytes per receive (and so per batch) at most
 SCAN_SCRATCH_MIN = 64 << 10  # smaller regions are scanned without the reused mask buffer
+LAG_TAIL = 320  # bytes kept of a batch's last run: its last record's "t" lies in them
 
 log = logging.getLogger("tb.run")
 
@@ -60,6 +62,7 @@ class IngestHost(Protocol):
     def send(self, data: bytes) -> None: ...
     def on_statuses(self, statuses: list[dict]) -> None: ...
     def pause_for_backpressure(self) -> None: ...
+    def write_gap(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -101,9 +104,14 @@ class Ingest:
         self.front = self.view[: min(self.room, MAX_RECV)]  # a receive into an empty arena
         self.pos = self.end = 0  # the bytes not taken yet: arena[pos:end]
         self.transport: Transport | None = None
-        self.ws: Connection | None = None
-        self.ws_key = ""
+        self.feed: FeedClient | None = None
+        self.ws: Connection | None = None  # (the feed's websocket)
         self.upgraded = False
+        self.gap_pending = False  # the host has a tb.gap record to write before the next batch
+        # With --metrics: the last bytes of each batch's last run, where the newest trade's
+        # exchange time is found at scrape time (newest_trade_ms); None: not sampled.
+        self.lag_tail: bytes | None = None
+        self.sample_lag = False
         self.last_rx = 0.0  # perf_counter() of the last receive
         self.stage = StageTimes()
         self.t_first = self.t_last = 0.0  # perf_counter() of the first and last routed batch
@@ -115,9 +123,9 @@ class Ingest:
         self.writer = writer
         self.router.scratch.outputs = writer.output_buffer
 
-    def start(self, transport: Transport, ws: Connection, ws_key: str) -> None:
-        """A new connection: its upgrade request (with `ws_key`) is on its way."""
-        self.transport, self.ws, self.ws_key = transport, ws, ws_key
+    def start(self, transport: Transport, feed: FeedClient) -> None:
+        """A new connection: `feed`'s upgrade request is on its way."""
+        self.transport, self.feed, self.ws = transport, feed, feed.ws
         self.upgraded = False
         self.pos = self.end = 0
         self.last_rx = perf_counter()
@@ -125,6 +133,7 @@ class Ingest:
     def reset(self) -> None:
         """The connection is gone: whatever is still running on this receive stops."""
         self.transport = None
+        self.feed = None
         self.ws = None
 
     # -- the hot path -----------------------------------------------------------------------------
@@ -372,6 +381,10 @@ class Ingest:
             self.t_first = t1
         stage = self.stage
         stage.route += t1 - t0
+        if self.gap_pending:  # (after a reconnect, with --gap-records: the gap record first)
+            self.host.write_gap()
+        if self.sample_lag:  # (with --metrics: the feed lag, sampled once per batch)
+            self._sample_lag(runs, used)
         submit(runs, counts, used)
         # (process_time is a slow syscall on some VMs: sampled here per batch only as wall
         # time; the host takes the CPU end of the span once a second and at the end)
@@ -382,7 +395,7 @@ class Ingest:
         """Parse the server's answer to the upgrade request; True once upgraded (the arena then
         starts after the answer)."""
         try:
-            n = parse_client_response(self.view[: self.end], self.ws_key)
+            n = self.feed.upgrade(self.view[: self.end])
         except InvalidHandshake as exc:
             status = getattr(exc, "status", None)
             if status in (401, 403):
@@ -406,3 +419,25 @@ class Ingest:
             tail = end - pos
             self.arena[:tail] = self.view[pos:end].tobytes()
             self.pos, self.end = 0, tail
+
+    def _sample_lag(self, runs: list, used) -> None:
+        """Keep the tail of the batch's last run (`used` None: every run that is not empty)."""
+        if used is None:
+            used = [i for i, run in enumerate(runs) if run is not None and len(run)]
+        if len(used):
+            self.lag_tail = bytes(memoryview(runs[used[-1]])[-LAG_TAIL:])
+
+    def newest_trade_ms(self) -> int | None:
+        """The exchange time ("t", Unix ms) of the last record of the last batch written, if
+        sampled (sample_lag) and found; read at scrape time, off the hot path."""
+        tail = self.lag_tail
+        if tail is None:
+            return None
+        at = tail.rfind(b'"t":')
+        if at < 0:
+            return None
+        digits = tail[at + 4 : at + 24].lstrip(b" ")
+        n = 0
+        while n < len(digits) and 48 <= digits[n] <= 57:
+            n += 1
+        return int(digits[:n]) if n else None

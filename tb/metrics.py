@@ -97,6 +97,7 @@ class _Collector:
             ),
             ("tb_socket_pauses", "Times the socket was paused for backpressure.", c.pauses),
             ("tb_socket_paused_seconds", "Time the socket was paused.", c.paused_s),
+            ("tb_gap_records", "tb.gap records written (--gap-records).", c.gap_records),
         ]
         for name, doc, value in counters:
             yield CounterMetricFamily(name, doc, value=value)

@@ -234,3 +234,30 @@ def test_the_alert_rules_check_and_fire_when_they_should():
     test = subprocess.run([promtool, "test", "rules", "prometheus-alerts.test.yml"], cwd=contrib,
                           capture_output=True, text=True)  # fmt: skip
     assert test.returncode == 0, test.stdout + test.stderr
+
+
+def test_feed_lag_is_now_minus_the_newest_trades_exchange_time(tmp_path):
+    from tb.capture import CaptureWriter
+
+    # every trade of the capture was made 5 s before the test's start, by its "t" (Unix ms)
+    t0 = int(time.time() * 1000) - 5000
+    path = tmp_path / "old.tbcap"
+    with CaptureWriter(path) as cap:
+        for q in range(0, 4000, 4):
+            msg = [{"ev": "T", "sym": f"S{(q + k) % 50}", "i": str(q + k), "x": 4, "p": 1.5,
+                    "s": 10, "c": [12], "t": t0, "q": q + k, "z": 3} for k in range(4)]  # fmt: skip
+            cap.write(json.dumps(msg, separators=(",", ":")).encode())
+    replay = Replay(str(path), "--rate", "2000")
+    port = free_port()
+    tb = start_tb(replay.url, port, tmp_path)
+    try:
+        m = wait_for(lambda: (m := scrape(port)).get("tb_feed_lag_seconds") and m, 20, "a lag")
+        expected = time.time() - t0 / 1000
+        assert abs(m["tb_feed_lag_seconds"] - expected) < 1.0, (m["tb_feed_lag_seconds"], expected)
+        time.sleep(1.0)  # the lag is read at scrape time: it grows while the market is behind
+        later = scrape(port)["tb_feed_lag_seconds"]
+        assert later > m["tb_feed_lag_seconds"] + 0.5
+        tb.proc.terminate()
+        tb.wait(30)
+    finally:
+        replay.stop()
