@@ -1,21 +1,25 @@
-"""The balancer: one loop that takes the feed in and spreads it over the pipes (`tb run`).
+"""`tb run`: the balancer, which wires the parts together and owns the order of events.
 
-Theory of operation:
+Theory of operation. One process, one thread, one loop (tb.loop):
 
-    socket --recv_into--> arena[start:end] --frames--> payload spans --Router--> per-pipe
-    runs --PipeWriter.submit--> pipes --> worker
+    transport --Ingest.on_readable--> Router --> PipeWriter --> pipes --> worker (Supervisor)
+         ^                                  |
+         +---- FeedClient (upgrade, websocket, session) <-- statuses
 
-The hot path (receive, frames, route, hand to the writer) is tb.ingest.Ingest: one receive is
-one batch, every complete message is routed at once, and each pipe gets at most one write (its
-module docstring tells how). The balancer around it owns the connection and the feed session:
-status objects come back from the ingest and drive the Session; what the session wants to
-send goes out as masked text frames. When the queued bytes pass --max-buffer the socket stops being
-read (TCP backpressure) until the pipes drain. The worker's death arrives on its pidfd, signals on
-the wakeup fd; both are ordinary readers on the loop.
-
-Counters: every event that reached the router is routed (then written or queued), a status, or
-counted as no_symbol; malformed input is counted per message. They are printed by --stats and at
-exit.
+- The hot path is tb.ingest.Ingest; the balancer is its host: it makes each connection
+  (transport + FeedClient), takes the statuses the router pulls out of the feed and feeds them
+  to the FeedClient, sends what the FeedClient queues, and is told when a connection is lost.
+- A lost connection is reported, dropped and retried after Backoff's delay (or ends the run,
+  with --once). Once a second, Keepalive says when to ping and when a silent peer is dead, and
+  the Supervisor looks for pipes whose reader has stalled.
+- Backpressure: when the PipeWriter's queue passes --max-buffer, the socket stops being read
+  (TCP backpressure) until the queue drains below half; --on-overflow says what happens when
+  that lasts.
+- Stopping: a stop signal (tb.signals), a fatal error or --once's end stops the loop; then the
+  connection is dropped, the Supervisor flushes every queued record and lets the worker go by
+  EOF, the final line is printed, and the exit code is the first reason -- or UNDELIVERED if a
+  run that would end OK left routed records undelivered.
+- Everything reported (--stats, the final line, --metrics) is read from one Snapshot.
 """
 
 from __future__ import annotations
@@ -256,7 +260,7 @@ class Balancer:
             self.stop(ExitCode.TLS)
             return
         except TransportError as exc:
-            self._connection_lost(f"{exc}")
+            self.connection_lost(f"{exc}")
             return
         self.feed = FeedClient(
             cfg.url.host_header,
@@ -270,7 +274,7 @@ class Balancer:
         self.ingest.gap_pending = self.gap is not None
         self.out.clear()
         self.keepalive.start(perf_counter())  # (perf_counter: the hot path's clock)
-        self._send(self.feed.data_to_send())  # the upgrade request
+        self.send(self.feed.data_to_send())  # the upgrade request
         self._resume_reading()
         self.conn_timer = self.loop.call_later(cfg.handshake_timeout, self._handshake_timeout)
 
@@ -290,19 +294,19 @@ class Balancer:
         now, last_rx = perf_counter(), self.ingest.last_rx
         action = self.keepalive.check(now, last_rx)
         if action is KeepaliveAction.DEAD:
-            self._connection_lost(f"nothing received for {now - last_rx:.0f} s: the peer is gone")
+            self.connection_lost(f"nothing received for {now - last_rx:.0f} s: the peer is gone")
         elif action is KeepaliveAction.PING and feed.ws.state is State.OPEN:
             feed.ws.send_ping(b"tb")
-            self._send(feed.data_to_send())
+            self.send(feed.data_to_send())
 
     def _handshake_timeout(self) -> None:
         if self.feed is not None and not self.feed.streaming:
             phase = self.feed.phase
-            self._connection_lost(
+            self.connection_lost(
                 f"no answer from the server during {phase} in {self.cfg.handshake_timeout:g} s"
             )
 
-    def _connection_lost(self, why: str, *, clean: bool = False) -> None:
+    def connection_lost(self, why: str, *, clean: bool = False) -> None:
         """Log why, drop the socket, and reconnect with backoff (or end, with --once)."""
         feed = self.feed
         reason = feed.disconnect_reason if feed else None
@@ -342,7 +346,7 @@ class Balancer:
         self.ingest.reset()
         self.out.clear()
 
-    def _send(self, data: bytes) -> None:
+    def send(self, data: bytes) -> None:
         self.out += data
         self._flush_out()
 
@@ -358,7 +362,7 @@ class Balancer:
                     return
                 del self.out[:n]
         except TransportError as exc:
-            self._connection_lost(f"{exc}")
+            self.connection_lost(f"{exc}")
             return
         self.loop.remove_writer(t.fd)
 
@@ -405,39 +409,10 @@ class Balancer:
             )
 
     # -- what the ingest calls (tb.ingest.IngestHost) and reads ------------------------------------
-    def connection_lost(self, why: str, *, clean: bool = False) -> None:
-        self._connection_lost(why, clean=clean)
-
-    def send(self, data: bytes) -> None:
-        self._send(data)
-
-    def on_statuses(self, statuses: list[dict]) -> None:
-        self._on_statuses(statuses)
-
     def pause_for_backpressure(self) -> None:
         self._pause_for_backpressure()
 
-    @property
-    def upgraded(self) -> bool:
-        return self.ingest.upgraded
-
-    @property
-    def last_rx(self) -> float:
-        return self.ingest.last_rx
-
-    @property
-    def cpu_first(self) -> float:
-        return self.ingest.cpu_first
-
-    @property
-    def t_first(self) -> float:
-        return self.ingest.t_first
-
-    @property
-    def t_last(self) -> float:
-        return self.ingest.t_last
-
-    def _on_statuses(self, statuses: list[dict]) -> None:
+    def on_statuses(self, statuses: list[dict]) -> None:
         feed = self.feed
         self.c.statuses += len(statuses)
         try:
@@ -447,11 +422,11 @@ class Balancer:
             self.stop(ExitCode.AUTH)
             return
         except FeedError as exc:
-            self._connection_lost(f"{exc}")
+            self.connection_lost(f"{exc}")
             return
         out = feed.data_to_send()  # (the session's answers: auth, subscribe)
         if out:
-            self._send(out)
+            self.send(out)
         if began:
             if self.down_since is not None:
                 gap = time.monotonic() - self.down_since
@@ -541,8 +516,9 @@ class Balancer:
             self.cpu_last = time.process_time()  # the last batches since the last tick
         # Per million over the streaming span only (first routed batch to the last): start-up,
         # the handshake and the shutdown wait are not per-trade costs.
-        span_cpu = self.cpu_last - self.cpu_first
-        span = self.t_last - self.t_first
+        ingest = self.ingest
+        span_cpu = self.cpu_last - ingest.cpu_first
+        span = ingest.t_last - ingest.t_first
         per_m = span_cpu / (self.c.routed / 1e6) if self.c.routed else 0.0
         rate = self.c.routed / span if span > 0 else 0.0
         w = self.writer
