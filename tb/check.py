@@ -20,6 +20,8 @@ import struct
 import sys
 from dataclasses import asdict, dataclass
 
+from tb.exitcode import ExitCode
+
 __all__ = ["Finding", "probe_all", "add_parser", "main"]
 
 TB_RCVBUF = 4 << 20  # what tb.transport asks for (SO_RCVBUF)
@@ -286,7 +288,7 @@ def main(args: argparse.Namespace) -> int:
     if getattr(args, "json", False):
         out = {"can_run": can_run, "fast_paths": fast, "checks": [asdict(f) for f in findings]}
         print(json.dumps(out, indent=2))
-        return 0 if can_run else 1
+        return ExitCode.OK if can_run else ExitCode.ERROR
     for f in findings:
         print(f"{f.name:9} {'on ' if f.on else 'off'}  {f.detail}")
         if f.fix:
@@ -296,4 +298,4 @@ def main(args: argparse.Namespace) -> int:
     tls = "kernel TLS" if "kTLS" in fast else "userspace TLS"
     loop = "epoll; --loop uring works" if "io_uring" in fast else "epoll"
     print(f"{verdict}; fast paths on: {on} (wss:// uses {tls} with --tls auto; loop: {loop})")
-    return 0 if can_run else 1
+    return ExitCode.OK if can_run else ExitCode.ERROR

@@ -30,7 +30,7 @@ class ExitCode(enum.IntEnum):
 _MEANINGS = {
     ExitCode.OK: "clean shutdown (SIGINT, SIGTERM or SIGHUP: every routed record was written to "
     "the worker first; or --once and the server closed normally)",
-    ExitCode.ERROR: "internal error",
+    ExitCode.ERROR: "internal error (for the other commands: the failure their --help names)",
     ExitCode.USAGE: "bad command line",
     ExitCode.AUTH: "authentication failed (the server refused the key; the message names where "
     "it came from)",

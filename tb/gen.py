@@ -30,6 +30,7 @@ import numpy as np
 
 from tb.capture import CaptureWriter
 from tb.cli import positive_int
+from tb.exitcode import ExitCode
 
 PROFILES = ("burst", "quiet")
 STYLES = ("compact", "spaced")
@@ -436,7 +437,7 @@ def main(args: argparse.Namespace) -> int:
                 writer.write(payload)
     except OSError as exc:
         print(f"tb gen: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+        return ExitCode.ERROR
     elapsed = time.perf_counter() - started
     per_trade = stats.bytes / stats.trades if stats.trades else 0.0
     print(
@@ -445,4 +446,4 @@ def main(args: argparse.Namespace) -> int:
         f"traded ({elapsed:.2f} s)",
         flush=True,
     )
-    return 0
+    return ExitCode.OK

@@ -56,6 +56,7 @@ from tb.cli import (
     slice_microseconds,
 )
 from tb.counters import read_line
+from tb.exitcode import ExitCode
 from tb.pipes.count_worker import progress_size, read_progress
 from tb.replay import LISTENING, STREAMING_TO
 from tb.sched import DEFAULT_SLICE_US
@@ -690,4 +691,4 @@ def main(args: argparse.Namespace) -> int:
             raise CLIError(f"cannot write --plot {args.plot}: {exc.strerror or exc}") from None
         if not args.json:
             print(f"tb profile: plot written to {args.plot}")
-    return 0 if all(r.ok for r in results) else 1
+    return ExitCode.OK if all(r.ok for r in results) else ExitCode.ERROR

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from tb.capture import CaptureError, read_capture
 from tb.certs import CertError, self_signed_context, server_context
 from tb.cli import positive_float, positive_int
+from tb.exitcode import ExitCode
 from tb.replay.server import ReplayServer
 
 __all__ = ["LISTENING", "STREAMING_TO", "add_parser", "main"]
@@ -198,18 +199,18 @@ def main(args: argparse.Namespace) -> int:
         )
     except CertError as exc:
         print(f"tb replay: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     except CaptureError as exc:
         print(f"tb replay: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     except OSError as exc:
         print(f"tb replay: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     try:
         server.start()
     except OSError as exc:
         print(f"tb replay: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+        return ExitCode.ERROR
     stream = server.stream
     log.info(
         "serving %s: %d trades in %d messages (%d bytes of frames)",
@@ -237,4 +238,4 @@ def main(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
         server.stop()
     log.info("stopped: %d connections, %d trades sent", server.connections, server.trades_sent)
-    return 0
+    return ExitCode.OK
