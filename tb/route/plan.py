@@ -97,8 +97,9 @@ class Plan:
         return self.expected_share * self.pipes
 
     def to_json(self) -> str:
-        """The plan file's text (symbols sorted by pipe, then name)."""
-        table = sorted(self.symbols.items(), key=lambda item: (item[1], item[0]))
+        """The plan file's text (the symbols in the plan's order: tb plan puts the heaviest
+        first, which the table places first, each in its home slot if free)."""
+        table = self.symbols.items()
         doc = {
             "format": PLAN_FORMAT,
             "version": PLAN_VERSION,
@@ -165,8 +166,11 @@ class PlanTable:
             size *= 2
         self._mask = size - 1
         self._shift = _U64(64 - size.bit_length() + 1)
-        self._keys = np.zeros(size, dtype=np.uint64)
-        self._pipes = np.full(size, -1, dtype=np.int32)
+        # slot i: its key at [2i], its pipe at [2i + 1] (-1: empty), one cache line for both
+        self._slots = np.zeros(2 * size, dtype=np.uint64)
+        self._pairs = self._slots.view(np.int64)
+        self._keys, self._pipes = self._slots[0::2], self._pairs[1::2]
+        self._pipes[:] = -1
         self._long = np.zeros(size, dtype=bool)  # a slot holding a symbol of more than 8 bytes
         self._words = np.zeros((size, _WORDS), dtype=np.uint64)  # its symbol, zero padded
         self.max_probe = 0  # how far the farthest key lies from its home slot
@@ -180,34 +184,21 @@ class PlanTable:
             self.max_probe = max(self.max_probe, d)
         self._any_long = bool(self._long.any())
 
-    def planned(self, keys: np.ndarray, words: np.ndarray) -> np.ndarray:
-        """The planned pipe (int32) of each symbol, or -1 where unplanned: `keys` their
-        mix64 hashes, `words` the symbols as zero-padded little-endian uint64 words ((n,) for
-        symbols of at most 8 bytes, else (n, k), k <= 4)."""
-        slot = (keys >> self._shift).astype(np.intp)
-        out = self._pipes[slot]  # (an empty slot's pipe is -1: not planned)
-        hit = self._keys[slot] == keys
-        qlong = None
-        if words.ndim == 2 and words.shape[1] > 1:
-            qlong = (words[:, 1:] != 0).any(axis=1)
-        if self._any_long or qlong is not None:
-            hit = self._verify(hit, slot, words, qlong, None)
-        if self.max_probe:
-            # occupied by another key: the symbol may lie further on (never past max_probe)
-            pending = np.flatnonzero(~hit & (out >= 0))
-        out[~hit] = -1
-        if self.max_probe:
-            for d in range(1, self.max_probe + 1):
-                if not len(pending):
-                    break
-                at = (slot[pending] + d) & self._mask
-                got = self._pipes[at]
-                found = self._keys[at] == keys[pending]
-                if self._any_long or qlong is not None:
-                    found = self._verify(found, at, words, qlong, pending)
-                out[pending[found]] = got[found]
-                pending = pending[~found & (got >= 0)]
-        return out
+    def _probe(self, pipes, hit, slot, keys, words, qlong) -> None:
+        """Past the home slot, for the symbols not found there whose home slot holds another
+        key: on up to max_probe slots, until found or an empty slot (pipes updated in place)."""
+        pending = np.flatnonzero(~hit)
+        pending = pending[self._pipes[slot[pending]] >= 0]
+        for d in range(1, self.max_probe + 1):
+            if not len(pending):
+                break
+            at = (slot[pending] + d) & self._mask
+            got = self._pipes[at]
+            found = self._keys[at] == keys[pending]
+            if self._any_long or qlong is not None:
+                found = self._verify(found, at, words, qlong, pending)
+            pipes[pending[found]] = got[found]
+            pending = pending[~found & (got >= 0)]
 
     def _verify(self, hit, slot, words, qlong, index) -> np.ndarray:
         """`hit`, less the key matches where a symbol of more than 8 bytes (in the slot or
@@ -230,16 +221,29 @@ class PlanTable:
     def pipes_of_words(
         self, words: np.ndarray, lengths: np.ndarray, npipes: int, width: int
     ) -> np.ndarray:
-        """Each symbol's pipe (int64): planned, else by the plan's hash. `words` as planned();
-        `lengths` the symbols' lengths, `width` the longest."""
+        """Each symbol's pipe (int64): planned, else by the plan's hash. `words`: the symbols
+        as zero-padded little-endian uint64 words ((n,) when each has at most 8 bytes, else
+        (n, k), k <= 4); `lengths` their lengths, `width` the longest."""
         keys = mix64_words(words)
         if self.plan.hash == "mixed":
             hashed = mod_pipes(keys.copy(), npipes)
         else:
             rows = (words[:, None] if words.ndim == 1 else words).view(np.uint8)[:, :width]
             hashed = VECTOR_HASHES[self.plan.hash](rows, lengths, npipes)
-        planned = self.planned(keys, words)
-        return np.where(planned >= 0, planned, hashed)
+        # the home slot: the key's top bits (below 2^63: the same number as int64)
+        slot = (keys >> self._shift).view(np.int64)
+        at = slot << 1
+        hit = self._slots.take(at) == keys
+        qlong = None
+        if words.ndim == 2 and words.shape[1] > 1:
+            qlong = (words[:, 1:] != 0).any(axis=1)
+        if self._any_long or qlong is not None:
+            hit = self._verify(hit, slot, words, qlong, None)
+        at += 1
+        pipes = np.where(hit, self._pairs.take(at), hashed)  # (int64 both: no casting)
+        if self.max_probe and not hit.all():
+            self._probe(pipes, hit, slot, keys, words, qlong)
+        return pipes
 
     def vector_pipes(self, rows: np.ndarray, lengths: np.ndarray, npipes: int) -> np.ndarray:
         """As tb.route.hashing.VECTOR_HASHES, for the plan: zero-padded symbol rows (n, width)
