@@ -194,7 +194,7 @@ class PlanTable:
                 break
             at = (slot[pending] + d) & self._mask
             got = self._pipes[at]
-            found = self._keys[at] == keys[pending]
+            found = (self._keys[at] == keys[pending]) & (got >= 0)
             if self._any_long or qlong is not None:
                 found = self._verify(found, at, words, qlong, pending)
             pipes[pending[found]] = got[found]
@@ -240,7 +240,9 @@ class PlanTable:
         if self._any_long or qlong is not None:
             hit = self._verify(hit, slot, words, qlong, None)
         at += 1
-        pipes = np.where(hit, self._pairs.take(at), hashed)  # (int64 both: no casting)
+        got = self._pairs.take(at)
+        hit &= got >= 0  # (an empty slot's key is 0, which is the empty symbol's)
+        pipes = np.where(hit, got, hashed)  # (int64 both: no casting)
         if self.max_probe and not hit.all():
             self._probe(pipes, hit, slot, keys, words, qlong)
         return pipes

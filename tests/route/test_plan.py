@@ -43,7 +43,7 @@ def test_the_vector_table_agrees_with_the_dict(hash):
         bytes(letters[rng.integers(0, len(letters), rng.integers(1, 33))]) for _ in range(5000)
     ]
     near = [s[:-1] + b"Z" for s in plan.symbols if len(s) > 8]  # long, a key of their own
-    queries = list(plan.symbols) + unplanned + near
+    queries = list(plan.symbols) + unplanned + near + [b""]  # (b"": key 0, as an empty slot)
     rng.shuffle(queries)
     for batch in (queries, [q for q in queries if len(q) <= 8]):
         words, lengths, width = as_words(batch)
