@@ -77,7 +77,9 @@ def cpu(capture: str, plans: dict, npipes: int, rounds: int) -> list[str]:
             times[name].append((time.process_time() - t0) / n * 1e6)
             trades = n
     base = statistics.median(times["hash (mixed)"])
-    rows = [f"span lane, {len(receives)} receives of 16 messages ({trades:,} trades), {rounds} rounds"]
+    rows = [
+        f"span lane, {len(receives)} receives of 16 messages ({trades:,} trades), {rounds} rounds"
+    ]
     rows += ["| router | CPU µs per trade (median) | × hash |", "| --- | --- | --- |"]
     for name, ts in times.items():
         m = statistics.median(ts)
