@@ -43,7 +43,7 @@ from tb.loop import Loop, choose_loop
 from tb.metrics import MetricsError, MetricsServer
 from tb.pipes import PipeError, PipeWriter, open_pipes
 from tb.pipes.gap import encode_gap
-from tb.route import Router
+from tb.route import Plan, Router
 from tb.sched import DEFAULT_SLICE_US, request_slice
 from tb.signals import StopSignals
 from tb.supervisor import RestartPolicy, Supervisor
@@ -94,6 +94,7 @@ class RunConfig:
     restart_window: float = 60.0
     metrics: tuple[str, int] | None = None  # serve /metrics and /healthz here
     gap_records: bool = False  # a tb.gap record to every pipe when streaming resumes
+    plan: Plan | None = None  # planned pipes (tb plan), the hash for other symbols
 
 
 class Balancer:
@@ -103,7 +104,9 @@ class Balancer:
         self.cfg = cfg
         self.loop = loop or choose_loop(cfg.loop)
         self.loop.busy_poll = cfg.busy_poll
-        self.router = Router(cfg.pipes, hash=cfg.hash, numpy_min_bytes=cfg.numpy_min_bytes)
+        self.router = Router(
+            cfg.pipes, hash=cfg.hash, numpy_min_bytes=cfg.numpy_min_bytes, plan=cfg.plan
+        )
         self.c = Counters()
         # The hot path: the arena, frames, routing, the writes (tb.ingest).
         self.ingest = Ingest(self.router, self.c, self, max_message=cfg.max_message)
@@ -499,6 +502,7 @@ class Balancer:
             worker_alive=sup is not None and sup.running,
             log_write_errors=sink().errors,
             feed_lag_s=self._feed_lag(),
+            plan_share=None if self.cfg.plan is None else self.cfg.plan.expected_share,
             since=None if since is None else time.time() - (time.monotonic() - since),
         )
 

@@ -148,6 +148,12 @@ def add_run_arguments(p: argparse.ArgumentParser, *, positional: bool = True) ->
         "(the C original's (FNV-1a-64 >> 32) %% N, exactly)",
     )
     p.add_argument(
+        "--plan",
+        metavar="FILE",
+        help="planned pipes (made by tb plan, for as many pipes and the same --hash): its"
+        " symbols go to their planned pipes, every other symbol by the hash",
+    )
+    p.add_argument(
         "--stats", type=seconds, default=0.0, metavar="SECONDS", help="print counters every SECONDS"
     )
     p.add_argument(
@@ -330,6 +336,26 @@ def check_cafile(path: str | None) -> None:
         raise CLIError(f"cannot read --cafile {path}: {exc.strerror or exc}") from None
 
 
+def read_plan(path: str, pipes: int, hash: str):
+    """The plan in `path`, for `pipes` pipes and `hash`; a CLIError saying what is wrong."""
+    from tb.route import PlanError, load_plan
+
+    try:
+        plan = load_plan(path)
+    except PlanError as exc:
+        raise CLIError(f"--plan: {exc}") from None
+    if plan.pipes != pipes:
+        raise CLIError(
+            f"--plan {path} is for {plan.pipes} pipes, not --pipes {pipes}:"
+            f" make it again with tb plan --pipes {pipes}"
+        )
+    if plan.hash != hash:
+        raise CLIError(
+            f"--plan {path} sends unplanned symbols by --hash {plan.hash}, not --hash {hash}"
+        )
+    return plan
+
+
 def _run_config(args: argparse.Namespace, worker: list[str]):
     from tb.balancer import RunConfig
     from tb.transport import parse_url
@@ -344,6 +370,7 @@ def _run_config(args: argparse.Namespace, worker: list[str]):
         raise CLIError(f"--workdir {args.workdir} is not a directory")
     check_cafile(args.cafile)
     key, source = _resolve_key(args)
+    plan = read_plan(args.plan, args.pipes, args.hash) if args.plan else None
     return RunConfig(
         url=url,
         pipes=args.pipes,
@@ -376,6 +403,7 @@ def _run_config(args: argparse.Namespace, worker: list[str]):
         max_restarts=args.max_restarts,
         metrics=args.metrics,
         gap_records=args.gap_records,
+        plan=plan,
     )
 
 
@@ -451,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_logging_arguments(lb)
     lb.set_defaults(func=cmd_lb)
 
-    for name in ("gen", "replay", "record", "demo", "profile", "check"):
+    for name in ("gen", "replay", "record", "demo", "profile", "check", "plan"):
         try:
             module = __import__(f"tb.{name}", fromlist=["add_parser"])
         except ImportError:

@@ -64,6 +64,7 @@ class Snapshot:
     log_write_errors: int = 0
     feed_lag_s: float | None = None  # now minus the newest routed trade's exchange time
     since: float | None = None  # wall-clock time the present state began, if not streaming
+    plan_share: float | None = None  # the plan's expected busiest share (0..1), with --plan
 
     @property
     def written(self) -> int:
@@ -90,7 +91,9 @@ def format_counters(s: Snapshot) -> str:
         f" lost_in_worker={c.lost_in_worker} worker_restarts={c.worker_restarts}"
         f" pauses={c.pauses} paused_s={c.paused_s:.2f}"
         f" reconnects={c.reconnects} disconnected_s={c.disconnected_s:.2f}"
-        f" max_pipe_share={share:.1f}% state={s.state} gap_records={c.gap_records}"
+        f" max_pipe_share={share:.1f}%"
+        + ("" if s.plan_share is None else f" plan_share={s.plan_share * 100:.1f}%")
+        + f" state={s.state} gap_records={c.gap_records}"
         f" undelivered_at_exit={c.undelivered_at_exit} log_write_errors={s.log_write_errors}"
     )
 

@@ -95,6 +95,7 @@ class ProfileResult:
     median_rss_mib: float = 0.0  # over the window (while trades flow): the steady state
     max_pipe_share: float = 0.0
     fair_share: float = 0.0
+    plan_share: float | None = None  # the plan's expected busiest share (tb with --plan)
     latency_us: dict = field(default_factory=dict)
     latency_kind: str = "feed->pipe"  # or feed->worker, with --sleeping-worker
     send_times: str = ""  # where the latency's start comes from
@@ -145,6 +146,12 @@ def add_parser(subparsers) -> None:
         help="tb's event loop (tb run --loop)",
     )
     p.add_argument("--hash", choices=["mixed", "compat"], default="mixed", help="tb's hash")
+    p.add_argument(
+        "--plan",
+        metavar="FILE",
+        help="tb's planned pipes (tb run --plan; made by tb plan for --pipes): the report shows"
+        " the plan's expected busiest share beside the measured one",
+    )
     p.add_argument(
         "--busy-poll",
         type=microseconds,
@@ -200,6 +207,7 @@ def add_parser(subparsers) -> None:
     flags = {
         "loop": "--loop",
         "hash": "--hash",
+        "plan": "--plan",
         "busy_poll": "--busy-poll",
         "sched_slice": "--sched-slice",
         "splice": "--no-splice",
@@ -387,6 +395,8 @@ def _balancer_cmd(args, url: str, work: Path, worker: list[str]) -> list[str]:
            "--busy-poll", str(args.busy_poll), "--sched-slice", str(args.sched_slice)]  # fmt: skip
     if not args.splice:
         cmd.append("--no-splice")
+    if getattr(args, "plan", None):
+        cmd += ["--plan", args.plan]
     if args.tls != "none":
         cmd += ["--insecure", "--tls", "ktls" if args.tls == "ktls" else "userspace"]
     return [*cmd, "--", *worker]
@@ -587,7 +597,13 @@ def format_result(r: ProfileResult) -> str:
         f"  trades/s            {r.trades_per_s:,.0f}",
         f"  balancer CPU        {r.cpu_s:.3f} s = {r.cpu_s_per_million:.3f} CPU s per million trades",
         f"  busiest pipe        {r.max_pipe_share * 100:.1f}% of trades"
-        f" ({r.max_pipe_share / r.fair_share if r.fair_share else 0:.2f}x the fair share)",
+        f" ({r.max_pipe_share / r.fair_share if r.fair_share else 0:.2f}x the fair share)"
+        + (
+            ""
+            if r.plan_share is None
+            else f"; the plan expects {r.plan_share * 100:.1f}%"
+            f" ({r.plan_share / r.fair_share if r.fair_share else 0:.2f}x)"
+        ),
         f"  balancer RSS        {r.median_rss_mib:.0f} MiB median while trades flow,"
         f" {r.max_rss_mib:.0f} MiB at most",
     ]
@@ -673,9 +689,15 @@ def main(args: argparse.Namespace) -> int:
             flags = ", ".join(given)
             verb = "applies" if len(given) == 1 else "apply"
             raise CLIError(f"{flags} {verb} to tb only, not to a --balancer command")
+    plan_share = None
+    if args.plan:
+        from tb.cli import read_plan
+
+        plan_share = read_plan(args.plan, args.pipes, args.hash).expected_share
     results = []
     for _ in range(max(1, args.runs)):
         r = run_profile(args, live=not args.json)
+        r.plan_share = plan_share
         results.append(r)
         if not args.json:
             print(format_result(r), flush=True)

@@ -36,6 +36,7 @@ import numpy as np
 from .batch import SYMBOL_CACHE_MAX, RouteBatch, RouteError, RouteTotals
 from .hashing import HASHES, VECTOR_HASHES
 from .numpy_path import route_numpy
+from .plan import Plan, PlanError, load_plan
 from .python_path import route_python
 from .scratch import Scratch
 from .small import small_runs
@@ -44,11 +45,15 @@ from .spans import SPAN_PAD, route_frames, route_spans
 __all__ = [
     "DEFAULT_NUMPY_MIN_BYTES",
     "SPAN_PAD",
+    "Plan",
+    "PlanError",
     "RouteBatch",
     "RouteError",
     "RouteTotals",
     "Router",
     "Scratch",
+    "load_plan",
+    "pipe_for",
 ]
 
 # numpy costs ~0.5-1 ms per batch however small; below this much payload per batch the Python
@@ -57,19 +62,26 @@ DEFAULT_NUMPY_MIN_BYTES = 32 * 1024
 
 
 class Router:
-    """Routes batches of payloads onto ``npipes`` pipes by symbol hash.
+    """Routes batches of payloads onto ``npipes`` pipes by symbol hash (or by plan).
 
     Args:
         npipes: number of pipes (>= 1).
         hash: "mixed" (default, well spread) or "compat" (the C original's mapping).
         numpy_min_bytes: batch payload size from which the numpy lanes are taken
             (None: DEFAULT_NUMPY_MIN_BYTES).
+        plan: planned pipes (tb.route.plan): its symbols go to their pipes, every other one by
+            the hash, which must be the plan's; its pipe count must be npipes.
     Raises:
         RouteError: on a bad argument.
     """
 
     def __init__(
-        self, npipes: int, *, hash: str = "mixed", numpy_min_bytes: int | None = None
+        self,
+        npipes: int,
+        *,
+        hash: str = "mixed",
+        numpy_min_bytes: int | None = None,
+        plan: Plan | None = None,
     ) -> None:
         if not isinstance(npipes, int) or isinstance(npipes, bool) or npipes < 1:
             raise RouteError(f"npipes must be a positive integer, got {npipes!r}")
@@ -79,12 +91,19 @@ class Router:
             numpy_min_bytes = DEFAULT_NUMPY_MIN_BYTES
         elif not isinstance(numpy_min_bytes, int) or numpy_min_bytes < 0:
             raise RouteError(f"numpy_min_bytes must be >= 0, got {numpy_min_bytes!r}")
+        if plan is not None and plan.pipes != npipes:
+            raise PlanError(f"the plan is for {plan.pipes} pipes, not {npipes}")
+        if plan is not None and plan.hash != hash:
+            raise PlanError(f"the plan's unplanned symbols go by hash {plan.hash}, not {hash}")
         self.npipes = npipes
         self.hash = hash
         self.numpy_min_bytes = numpy_min_bytes
         self.totals = RouteTotals(npipes)  # (the reference and numpy lanes' batches)
-        self.pick = HASHES[hash]  # symbol bytes, npipes -> pipe
-        self._vector = VECTOR_HASHES[hash]
+        self.plan = plan
+        # symbol bytes, npipes -> pipe; the numpy lanes' vector form; the span lane's plan
+        self.pick = HASHES[hash] if plan is None else plan.pick
+        self._vector = VECTOR_HASHES[hash] if plan is None else plan.table.vector_pipes
+        self._table = None if plan is None else plan.table
         self.pipe_cache: dict[bytes, int] = {}  # symbol -> pipe, every lane's
         self.scratch = Scratch()
 
@@ -157,16 +176,43 @@ class Router:
         """The span lane on the messages a[starts[i]:ends[i]] (int64 arrays; `a` extends SPAN_PAD
         bytes past the last): the runs are views of the scratch output, valid until the next
         batch; None when declined."""
-        return route_spans(a, starts, ends, self.npipes, self.hash, self.scratch)
+        return route_spans(a, starts, ends, self.npipes, self.hash, self.scratch, self._table)
 
     def route_frames(self, a: np.ndarray, pos: int, end: int, max_message: int):
         """The span lane on the plain text frames at the start of a[pos:end], found in its own
         byte pass: None when it cannot place the frames that way (scan them, then route the
         spans), else (batch or None when declined, starts, ends, where the frames stop)."""
-        return route_frames(a, pos, end, max_message, self.npipes, self.hash, self.scratch)
+        return route_frames(
+            a, pos, end, max_message, self.npipes, self.hash, self.scratch, self._table
+        )
 
     # The small lane: small_runs(payloads) -> (runs, counts, used, trades) or None.
     small_runs = small_runs
+
+
+def pipe_for(
+    symbol: str | bytes, npipes: int | None = None, *, hash: str = "mixed", plan: Plan | None = None
+) -> int:
+    """The pipe tb run puts `symbol` on: by `plan` when given (a Plan, or a plan file's path;
+    its hash and pipe count), else by `hash` over `npipes` pipes -- for a worker, or tb consume,
+    that needs to know where a symbol goes.
+
+    Raises:
+        RouteError: on a bad argument; PlanError when the plan cannot be read or is for
+            another pipe count than npipes.
+    """
+    sym = symbol.encode("utf-8", "surrogatepass") if isinstance(symbol, str) else bytes(symbol)
+    if plan is not None:
+        if not isinstance(plan, Plan):
+            plan = load_plan(plan)
+        if npipes is not None and npipes != plan.pipes:
+            raise PlanError(f"the plan is for {plan.pipes} pipes, not {npipes}")
+        return plan.pick(sym, plan.pipes)
+    if not isinstance(npipes, int) or isinstance(npipes, bool) or npipes < 1:
+        raise RouteError(f"npipes must be a positive integer, got {npipes!r}")
+    if hash not in HASHES:
+        raise RouteError(f"unknown hash {hash!r}; choose one of {', '.join(sorted(HASHES))}")
+    return HASHES[hash](sym, npipes)
 
 
 def _as_list(x) -> list:

@@ -25,7 +25,7 @@ from operator import itemgetter
 from .batch import SYMBOL_CACHE_MAX
 from .spans import SYM_ROW
 
-__all__ = ["small_runs"]
+__all__ = ["feed_objects", "small_runs"]
 
 # One object of the small lane and what follows it, as route_spans reads it: a prefix, compact
 # or spaced -- a one-byte ev and sym, an ev of 1-7 bytes and pair, or ev "C" and p -- and the
@@ -113,3 +113,27 @@ def small_runs(router, payloads: list) -> tuple[list, list[int], list[int], int]
             run += record
             counts[pipe] += 1
     return runs, counts, used, len(found)
+
+
+def feed_objects(text: bytes) -> list | None:
+    """The objects of feed-shaped messages ("[...]" each, joined by "\n"), as small_runs finds
+    them: (object, instrument) pairs, or None when the text is not all feed-shaped (then the
+    general way decides). For tools that weigh a capture by symbol (tb plan)."""
+    if not text or text[0] != 91 or text[-1] != 93:
+        return None
+    found = _SMALL_OBJECT.findall(text, 1)
+    if 1 + sum(map(len, map(_OBJ, found))) + sum(map(len, map(_SEP, found))) != len(text):
+        return None
+    out = []
+    for obj, sym, pair, fx, _ in found:
+        if not sym:  # (the placement rule, as in small_runs)
+            if pair:
+                sym = pair
+                if b"y" in obj:
+                    return None
+            else:
+                sym = fx
+                if b"y" in obj or b"r" in obj:
+                    return None
+        out.append((obj, sym))
+    return out

@@ -51,6 +51,7 @@ from ..bytefind import find_all
 from .batch import RouteBatch
 from .fast_rules import le
 from .hashing import VECTOR_HASHES, pipes_mixed_words
+from .plan import PlanTable
 from .scratch import Scratch
 
 __all__ = ["route_spans", "route_frames", "SPAN_PAD", "ROW", "SYM_ROW"]
@@ -140,11 +141,13 @@ def route_spans(
     npipes: int,
     hash_name: str = "mixed",
     scratch: Scratch | None = None,
+    plan: PlanTable | None = None,
 ) -> RouteBatch | None:
     """Route the messages a[starts[i]:ends[i]]; None if the batch is not feed-shaped.
 
     `a` must extend at least SPAN_PAD bytes beyond ends[-1]. With `scratch`, the runs returned
     are valid until the next call with the same scratch (without it, a new buffer each call).
+    With `plan`, its symbols go to their planned pipes (its hash is hash_name).
     """
     nmsg = len(starts)
     if nmsg == 0:
@@ -168,7 +171,7 @@ def route_spans(
     finally:
         a[hdr] = saved
     return _route_objects(
-        a, starts, ends, close, hdr, npipes, hash_name, scratch if keep_out else None
+        a, starts, ends, close, hdr, npipes, hash_name, scratch if keep_out else None, plan=plan
     )
 
 
@@ -180,6 +183,7 @@ def route_frames(
     npipes: int,
     hash_name: str = "mixed",
     scratch: Scratch | None = None,
+    plan: PlanTable | None = None,
 ):
     """Find the plain text frames at the start of a[pos:end] and route them, in one byte pass.
 
@@ -256,7 +260,7 @@ def route_frames(
     if not printable:
         return None, starts, ends, stop
     batch = _route_objects(
-        a, starts, ends, close, hdr, npipes, hash_name, scratch if keep_out else None, sep
+        a, starts, ends, close, hdr, npipes, hash_name, scratch if keep_out else None, sep, plan
     )
     return batch, starts, ends, stop
 
@@ -284,6 +288,7 @@ def _route_objects(
     hash_name: str,
     scratch: Scratch | None,
     sep: np.ndarray | None = None,
+    plan: PlanTable | None = None,
 ) -> RouteBatch | None:
     """Steps 2-5 from every payload "}" (`close`, sorted) of the messages a[starts[i]:ends[i]],
     whose frame headers between them are at `hdr` (`sep`: the bytes after each "}",
@@ -389,7 +394,9 @@ def _route_objects(
         sym_word = first_word & _LOW_BYTES[sym_len]
         if _has_byte(sym_word, 0x5C):
             return None
-        if hash_name == "mixed":  # the word is what the mixed hash takes
+        if plan is not None:  # planned pipes, the hash for the others (tb.route.plan)
+            pipes = plan.pipes_of_words(sym_word, sym_len, npipes, width)
+        elif hash_name == "mixed":  # the word is what the mixed hash takes
             pipes = pipes_mixed_words(sym_word, npipes)
         else:
             rows = sym_word[:, None].view(np.uint8)[:, :width]
@@ -399,7 +406,9 @@ def _route_objects(
         words &= _SYM_MASKS[sym_len].view(np.uint64).reshape(n, -1)
         if (rows == 0x5C).any():
             return None
-        if hash_name == "mixed":
+        if plan is not None:
+            pipes = plan.pipes_of_words(words[:, : (width + 7) // 8], sym_len, npipes, width)
+        elif hash_name == "mixed":
             pipes = pipes_mixed_words(words[:, : (width + 7) // 8], npipes)
         else:
             pipes = VECTOR_HASHES[hash_name](rows[:, :width], sym_len, npipes)
