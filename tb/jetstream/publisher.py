@@ -21,8 +21,8 @@ what it kept of a lane is a prefix of what was sent: the resent prefix is droppe
 one partition's order never waits for another's.
 
 What tb publish has read and not had acknowledged when it is SIGKILLed is lost (tb counts the
-torn record it may leave in a pipe as lost_in_worker): at most --window messages of at most
---message-size bytes, plus one partial record per pipe. At EOF on every pipe (tb run's end) it
+torn record it may leave in a pipe as lost_in_worker): a read takes no more than the window has
+room for, so at most --window messages of --message-size bytes, plus a partial record per pipe. At EOF on every pipe (tb run's end) it
 waits for every ack, then exits 0; at SIGTERM/SIGINT/SIGHUP it stops reading and gives the acks
 --shutdown-timeout seconds.
 """
@@ -132,7 +132,9 @@ class Publisher:
         return self.connected and not self.stopping and self.in_flight < self.window
 
     def _readable(self, lane: _Lane) -> None:
-        data = os.read(lane.fd, READ_SIZE)
+        # (no more than the window has room for: what a SIGKILL can lose stays within it)
+        room = max(1, self.window - self.in_flight) * self.message_size
+        data = os.read(lane.fd, min(READ_SIZE, room))
         if not data:
             lane.eof = True
             lane.reading = False
