@@ -202,8 +202,15 @@ def main() -> int:
             for r in range(args.rounds):
                 results["direct"].append(direct(capture, args.trades, args.pipes, work))
                 results["nats"].append(
-                    via_nats(capture, args.trades, args.pipes, work, server,
-                             f"nats://127.0.0.1:{port}", f"B{r}")  # fmt: skip
+                    via_nats(
+                        capture,
+                        args.trades,
+                        args.pipes,
+                        work,
+                        server,
+                        f"nats://127.0.0.1:{port}",
+                        f"B{r}",
+                    )  # fmt: skip
                 )
                 print(f"round {r + 1}: direct {results['direct'][-1]}", file=sys.stderr)
                 print(f"round {r + 1}: nats   {results['nats'][-1]}", file=sys.stderr)
