@@ -479,7 +479,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_logging_arguments(lb)
     lb.set_defaults(func=cmd_lb)
 
-    for name in ("gen", "replay", "record", "demo", "profile", "check", "plan"):
+    for name in (
+        "gen",
+        "replay",
+        "record",
+        "demo",
+        "profile",
+        "check",
+        "plan",
+        "publish",
+        "consume",
+    ):
         try:
             module = __import__(f"tb.{name}", fromlist=["add_parser"])
         except ImportError:
