@@ -1,69 +1,56 @@
-"""The balancer: one loop that takes the feed in and spreads it over the pipes (`tb run`).
+"""`tb run`: the balancer, which wires the parts together and owns the order of events.
 
-Theory of operation:
+Theory of operation. One process, one thread, one loop (tb.loop):
 
-    socket --recv_into--> arena[start:end] --ws.receive--> payload views --Router.route--> per-pipe
-    runs --PipeWriter.submit--> pipes --> worker
+    transport --Ingest.on_readable--> Router --> PipeWriter --> pipes --> worker (Supervisor)
+         ^                                  |
+         +---- FeedClient (upgrade, websocket, session) <-- statuses
 
-One receive is one batch: every complete frame in the arena is scanned, every complete message is
-routed at once, and each pipe gets at most one write. The plain text frames at the front of the
-arena are taken straight from it: a large receive by route_frames (its "}" pass finds the frames
-too), a smaller one by scan_data_frames and then the span router -- or, under numpy's
-crossover (a trickle's receive of a few trades), by the small lane: small_runs' bare per-pipe
-lists straight to PipeWriter.submit_small, each step counted as the wake-up's cost is per
-bytecode (and a receive of whole text frames only, the usual one, has them read by
-text_frames, without the scan). What follows them (control frames, fragments, a partial
-frame) goes through ws.Connection. The payload views point into the arena and are dropped
-before the arena is compacted (the PipeWriter copies whatever it cannot write at once).
-Status objects come back from the router and drive the feed Session; what the session wants to
-send goes out as masked text frames. When the queued bytes pass --max-buffer the socket stops being
-read (TCP backpressure) until the pipes drain. The worker's death arrives on its pidfd, signals on
-the wakeup fd; both are ordinary readers on the loop.
-
-Counters: every event that reached the router is routed (then written or queued), a status, or
-counted as no_symbol; malformed input is counted per message. They are printed by --stats and at
-exit.
+- The hot path is tb.ingest.Ingest; the balancer is its host: it makes each connection
+  (transport + FeedClient), takes the statuses the router pulls out of the feed and feeds them
+  to the FeedClient, sends what the FeedClient queues, and is told when a connection is lost.
+- A lost connection is reported, dropped and retried after Backoff's delay (or ends the run,
+  with --once). Once a second, Keepalive says when to ping and when a silent peer is dead, and
+  the Supervisor looks for pipes whose reader has stalled.
+- Backpressure: when the PipeWriter's queue passes --max-buffer, the socket stops being read
+  (TCP backpressure) until the queue drains below half; --on-overflow says what happens when
+  that lasts.
+- Stopping: a stop signal (tb.signals), a fatal error or --once's end stops the loop; then the
+  connection is dropped, the Supervisor flushes every queued record and lets the worker go by
+  EOF, the final line is printed, and the exit code is the first reason -- or UNDELIVERED if a
+  run that would end OK left routed records undelivered.
+- Everything reported (--stats, the final line, --metrics) is read from one Snapshot.
 """
 
 from __future__ import annotations
 
+import copy
 import gc
 import logging
 import os
-import random
 import time
 from dataclasses import dataclass
 from time import perf_counter
 
-import numpy as np
-
-from tb.counters import FINAL_PREFIX, STATS_PREFIX, Counters
+from tb.counters import FINAL_PREFIX, STATS_PREFIX, Counters, Snapshot, format_counters
 from tb.exitcode import ExitCode
-from tb.feed import DISCONNECT_REASONS, AuthFailed, FeedError, Session
-from tb.logs import sink, write_line
+from tb.feed import AuthFailed, FeedError
+from tb.feed.client import FeedClient
+from tb.feed.policy import Backoff, Keepalive, KeepaliveAction
+from tb.ingest import MAX_RECV, Ingest
+from tb.logs import sink, write_counters
 from tb.loop import Loop, choose_loop
+from tb.metrics import MetricsError, MetricsServer
 from tb.pipes import PipeError, PipeWriter, open_pipes
-from tb.route import Router
-from tb.route.hashing import HASHES
-from tb.route.spans import SPAN_PAD, Scratch, route_frames, route_small, route_spans, small_runs
+from tb.pipes.gap import encode_gap
+from tb.route import Plan, Router
 from tb.sched import DEFAULT_SLICE_US, request_slice
 from tb.signals import StopSignals
 from tb.supervisor import RestartPolicy, Supervisor
 from tb.transport import FeedURL, TLSVerifyError, Transport, TransportError, connect
-from tb.ws import (
-    Connection,
-    InvalidHandshake,
-    ProtocolError,
-    State,
-    client_request,
-    parse_client_response,
-)
-from tb.ws.scan import as_list, scan_data_frames, text_frames, utf8_errors
+from tb.ws import State
 
 __all__ = ["RunConfig", "Balancer", "MAX_RECV"]
-
-MAX_RECV = 4 << 20  # bytes per receive (and so per batch) at most
-SCAN_SCRATCH_MIN = 64 << 10  # smaller regions are scanned without the reused mask buffer
 
 log = logging.getLogger("tb.run")
 
@@ -105,6 +92,9 @@ class RunConfig:
     restart: str = "on-failure"  # always | on-failure | never
     max_restarts: int = 10  # more restarts than this within restart_window: give up (exit 4)
     restart_window: float = 60.0
+    metrics: tuple[str, int] | None = None  # serve /metrics and /healthz here
+    gap_records: bool = False  # a tb.gap record to every pipe when streaming resumes
+    plan: Plan | None = None  # planned pipes (tb plan), the hash for other symbols
 
 
 class Balancer:
@@ -114,30 +104,22 @@ class Balancer:
         self.cfg = cfg
         self.loop = loop or choose_loop(cfg.loop)
         self.loop.busy_poll = cfg.busy_poll
-        self.router = Router(cfg.pipes, hash=cfg.hash, numpy_min_bytes=cfg.numpy_min_bytes)
+        self.router = Router(
+            cfg.pipes, hash=cfg.hash, numpy_min_bytes=cfg.numpy_min_bytes, plan=cfg.plan
+        )
         self.c = Counters()
-        # The arena holds at least one whole message of max size plus its frame header.
-        self.arena = bytearray(max(1 << 20, cfg.max_message + 64) + SPAN_PAD)
-        self.view = memoryview(self.arena)
-        self.arr = np.frombuffer(self.arena, dtype=np.uint8)  # the same bytes, for the span router
-        self.scratch = Scratch()  # the span router's buffers, reused batch after batch
-        self.packed = np.zeros(0, np.uint8)  # the Connection's messages, for the span router
-        self.symbol_pipes: dict[bytes, int] = {}  # the small-batch lane's symbol -> pipe cache
-        self.pick = HASHES[cfg.hash]  # (the small lane's hash function)
-        self.small_max = self.router.numpy_min_bytes  # smaller batches take the small lane
-        self.max_message = cfg.max_message
-        self.room = len(self.arena) - SPAN_PAD  # data never goes past this: row reads need slack
-        self.front = self.view[: min(self.room, MAX_RECV)]  # a receive into an empty arena
-        self.start = self.end = 0
+        # The hot path: the arena, frames, routing, the writes (tb.ingest).
+        self.ingest = Ingest(self.router, self.c, self, max_message=cfg.max_message)
+        self._on_readable = self.ingest.on_readable  # (the socket's reader: no step between)
+        self.stage = self.ingest.stage  # seconds in recv, frame scan, route, pipe write
         self.transport: Transport | None = None
-        self.ws: Connection | None = None
-        self.session: Session | None = None
-        self.ws_key = ""
-        self.upgraded = False
+        self.feed: FeedClient | None = None  # the connection's protocol state
         self.out = bytearray()
         self.reading = False
         self.exit_code: int | None = None
-        self.backoff = cfg.backoff_min
+        self.backoff = Backoff(cfg.backoff_min, cfg.backoff_max)
+        self.keepalive = Keepalive(cfg.ping_interval, cfg.idle_timeout)
+        self.gap: tuple[int, str] | None = None  # (from ms, reason) of a gap not yet reported
         self.down_since: float | None = None
         self.conn_timer = None
         self.stopping = False
@@ -147,19 +129,30 @@ class Balancer:
         self.pipeset = None
         self.writer: PipeWriter | None = None
         self.supervisor: Supervisor | None = None
-        self.last_rx = 0.0
-        self.last_ping = 0.0
+        self.metrics: MetricsServer | None = None
         self.paused_since: float | None = None
         self.overflow_warned = 0.0
-        self.stage = [0.0, 0.0, 0.0, 0.0]  # seconds in recv, frame scan, route, pipe write
-        self.cpu_first = self.cpu_last = 0.0
-        self.t_first = self.t_last = 0.0
+        self.cpu_last = 0.0
         self._routed_at_tick = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
     def run(self) -> int:
         """Start the worker, connect, run the loop; return the process exit code."""
+        try:
+            return self._run()
+        finally:
+            if self.metrics is not None:
+                self.metrics.close()
+
+    def _run(self) -> int:
         cfg = self.cfg
+        if cfg.metrics is not None:
+            try:
+                self.metrics = MetricsServer(*cfg.metrics, self.snapshot)
+                self.ingest.sample_lag = True
+            except MetricsError as exc:
+                log.error("%s", exc)
+                return ExitCode.USAGE
         if cfg.sched_slice_us:  # (the worker, forked later, gets the kernel's default)
             why = request_slice(cfg.sched_slice_us)
             if why is None:
@@ -200,8 +193,10 @@ class Balancer:
             for fd in self.pipeset.read_fds:
                 os.close(fd)
             return ExitCode.WORKER
-        self.scratch.outputs = self.writer.output_buffer  # big batches' runs are spliced
+        self.ingest.attach(self.writer)
         self.signals = StopSignals(self.loop, self._on_stop_signal)
+        if self.metrics is not None:
+            self.metrics.start()
         if cfg.stats > 0:
             self.loop.call_later(cfg.stats, self._print_stats)
         self.loop.call_soon(self._connect)
@@ -226,7 +221,9 @@ class Balancer:
                 "%d records tb routed were never delivered to a worker (undelivered_at_exit)",
                 undelivered,
             )
-        write_line(self.summary())
+        write_counters("final", self.summary())
+        if self.metrics is not None:
+            self.metrics.close()  # (after the final line: its last scrape agrees with it)
         if self.exit_code is None:
             self.exit_code = ExitCode.OK
         if self.exit_code == ExitCode.OK and undelivered:
@@ -266,16 +263,21 @@ class Balancer:
             self.stop(ExitCode.TLS)
             return
         except TransportError as exc:
-            self._connection_lost(f"{exc}")
+            self.connection_lost(f"{exc}")
             return
-        request, self.ws_key = client_request(cfg.url.host_header, cfg.url.path)
-        self.ws = Connection(client=True, max_message=cfg.max_message)
-        self.session = Session(cfg.key, cfg.key_source, cfg.subscribe)
-        self.upgraded = False
-        self.start = self.end = 0
+        self.feed = FeedClient(
+            cfg.url.host_header,
+            cfg.url.path,
+            cfg.key,
+            cfg.key_source,
+            cfg.subscribe,
+            max_message=cfg.max_message,
+        )
+        self.ingest.start(self.transport, self.feed)
+        self.ingest.gap_pending = self.gap is not None
         self.out.clear()
-        self.last_rx = self.last_ping = perf_counter()  # (perf_counter: the hot path's clock)
-        self._send(request)
+        self.keepalive.start(perf_counter())  # (perf_counter: the hot path's clock)
+        self.send(self.feed.data_to_send())  # the upgrade request
         self._resume_reading()
         self.conn_timer = self.loop.call_later(cfg.handshake_timeout, self._handshake_timeout)
 
@@ -286,38 +288,36 @@ class Balancer:
             self._routed_at_tick = self.c.routed
             self.cpu_last = time.process_time()
         self.supervisor.check_stalls(time.monotonic())
-        if self.transport is None or self.ws is None or not self.upgraded:
+        feed = self.feed
+        if self.transport is None or feed is None or not feed.upgraded:
             return
-        cfg = self.cfg
         if self.paused_since is not None:
             self._check_overflow(time.monotonic())
             return  # not reading on purpose: silence is ours, not the peer's
-        now = perf_counter()
-        if cfg.idle_timeout and now - self.last_rx > cfg.idle_timeout:
-            self._connection_lost(
-                f"nothing received for {now - self.last_rx:.0f} s: the peer is gone"
-            )
-            return
-        if (
-            cfg.ping_interval
-            and now - self.last_ping >= cfg.ping_interval
-            and self.ws.state is State.OPEN
-        ):
-            self.last_ping = now
-            self.ws.send_ping(b"tb")
-            self._send(self.ws.data_to_send())
+        now, last_rx = perf_counter(), self.ingest.last_rx
+        action = self.keepalive.check(now, last_rx)
+        if action is KeepaliveAction.DEAD:
+            self.connection_lost(f"nothing received for {now - last_rx:.0f} s: the peer is gone")
+        elif action is KeepaliveAction.PING and feed.ws.state is State.OPEN:
+            feed.ws.send_ping(b"tb")
+            self.send(feed.data_to_send())
 
     def _handshake_timeout(self) -> None:
-        if self.session is not None and not self.session.streaming:
-            phase = "websocket upgrade" if not self.upgraded else self.session.phase.value
-            self._connection_lost(
+        if self.feed is not None and not self.feed.streaming:
+            phase = self.feed.phase
+            self.connection_lost(
                 f"no answer from the server during {phase} in {self.cfg.handshake_timeout:g} s"
             )
 
-    def _connection_lost(self, why: str, *, clean: bool = False) -> None:
+    def connection_lost(self, why: str, *, clean: bool = False) -> None:
         """Log why, drop the socket, and reconnect with backoff (or end, with --once)."""
-        reason = self.session.disconnect_reason if self.session else None
-        was_streaming = self.session is not None and self.session.streaming
+        feed = self.feed
+        reason = feed.disconnect_reason if feed else None
+        was_streaming = feed is not None and feed.streaming
+        if was_streaming and self.cfg.gap_records and self.gap is None:
+            # the last data before the drop, on the wall clock, for the workers' tb.gap record
+            last = time.time() - (perf_counter() - self.ingest.last_rx)
+            self.gap = (int(last * 1000), why)
         self._drop_connection()
         if self.stopping:
             return
@@ -327,13 +327,7 @@ class Balancer:
             )
             self.stop(ExitCode.OK if clean else ExitCode.CONNECT)
             return
-        if was_streaming:
-            self.backoff = self.cfg.backoff_min
-        delay = self.backoff
-        if reason in DISCONNECT_REASONS:
-            delay = max(delay, 5.0)  # the server asked us to go away: do not hammer it
-        delay *= 0.5 + random.random()  # jitter: many clients must not reconnect in step
-        self.backoff = min(self.cfg.backoff_max, self.backoff * 2)
+        delay = self.backoff.next_delay(was_streaming=was_streaming, reason=reason)
         self.c.reconnects += 1
         if self.down_since is None:
             self.down_since = time.monotonic()
@@ -351,10 +345,11 @@ class Balancer:
             self.transport.close()
         self.transport = None
         self.reading = False
-        self.ws = None
+        self.feed = None
+        self.ingest.reset()
         self.out.clear()
 
-    def _send(self, data: bytes) -> None:
+    def send(self, data: bytes) -> None:
         self.out += data
         self._flush_out()
 
@@ -370,7 +365,7 @@ class Balancer:
                     return
                 del self.out[:n]
         except TransportError as exc:
-            self._connection_lost(f"{exc}")
+            self.connection_lost(f"{exc}")
             return
         self.loop.remove_writer(t.fd)
 
@@ -416,137 +411,50 @@ class Balancer:
                 held,
             )
 
-    # -- the hot path ---------------------------------------------------------------------------
-    def _on_readable(self) -> None:
-        view = self.view
-        stage = self.stage
-        t0 = perf_counter()
-        try:
-            # One receive is one batch; capping it keeps --max-buffer a tight bound (checked after
-            # each batch) while staying large enough that per-batch costs vanish per trade.
-            end = self.end
-            n = self.transport.recv_into(
-                self.front if not end else view[end : min(self.room, end + MAX_RECV)]
-            )
-        except TransportError as exc:
-            self._connection_lost(f"{exc}")
-            return
-        if n is None:
-            return
-        if n == 0:
-            self._connection_lost("the server closed the TCP connection")
-            return
-        c = self.c
-        c.recvs += 1
-        c.bytes_in += n
-        self.end += n
-        t1 = self.last_rx = perf_counter()
-        stage[0] += t1 - t0
-        if not self.upgraded and not self._upgrade():
-            return
-        ws = self.ws
-        if ws.state is State.OPEN and not ws.in_fragmented_message:
-            # The plain data frames, as spans straight from the arena; whatever follows them
-            # (control frames, fragments, a partial frame) goes through the Connection below.
-            start, end = self.start, self.end
-            size = end - start
-            framed = None
-            lean = True  # (the small lane may be tried)
-            if size < self.small_max:
-                payloads = text_frames(view, start, end, self.max_message)
-                if payloads is not None:  # whole text frames only: a trickle's usual receive
-                    if self._route_small(payloads, t1):  # of trades: the lean way, no scan
-                        self.start = self.end = 0
-                        writer = self.writer  # (no queue, the usual case: no call)
-                        if writer.queued_bytes and writer.over_limit():
-                            self._pause_for_backpressure()
-                        return
-                    lean = False  # (declined: the scan below finds the same frames)
-            else:
-                # a large receive: its frames are found by the router's own byte pass
-                framed = route_frames(
-                    self.arr,
-                    self.start,
-                    self.end,
-                    self.cfg.max_message,
-                    self.cfg.pipes,
-                    self.cfg.hash,
-                    self.scratch,
-                )
-            if framed is not None:  # (at least one message, all text frames)
-                batch, starts, ends, stop = framed
-                self.start = stop
-                routed = self._route_spans(starts, ends, [1] * len(starts), t1, batch)
-            else:
-                starts, ends, ops, stop = scan_data_frames(
-                    self.arr,
-                    view,
-                    self.start,
-                    self.end,
-                    self.cfg.max_message,
-                    self.scratch.bools(size + 63) if size >= SCAN_SCRATCH_MIN else None,
-                )
-                routed = True
-                if len(starts):
-                    self.start = stop
-                    stage[1] += perf_counter() - t1
-                    routed = self._route_spans(starts, ends, ops, lean=lean)
-            if len(starts):
-                if not routed or self.transport is None:
-                    return
-                if stop == self.end:
-                    # Only whole data frames arrived (the usual case): nothing for the
-                    # Connection, and the arena starts over at its front.
-                    self.start = self.end = 0
-                    if self.writer.over_limit():
-                        self._pause_for_backpressure()
-                    return
-                t1 = perf_counter()
-        try:
-            consumed = ws.receive(view[self.start : self.end])
-        except ProtocolError as exc:
-            log.error(
-                "websocket protocol error from the server: %s (closing with %d)",
-                exc,
-                exc.close_code,
-            )
-            self._route(ws.messages)  # messages completed before the bad frame are kept
-            self._send(ws.data_to_send())
-            self._connection_lost(f"protocol error: {exc}")
-            return
-        self.start += consumed
-        stage[1] += perf_counter() - t1
-        if ws.messages:
-            self._route_messages(ws.messages)
-        pending = ws.data_to_send()
-        if pending:
-            self._send(pending)
-        if self.transport is None:
-            return  # the session failed while routing
-        if ws.state is State.CLOSED:
-            code, reason = ws.close_code, ws.close_reason
-            self._connection_lost(
-                f"the server closed the websocket ({code} {reason})".rstrip(), clean=code == 1000
-            )
-            return
-        self._compact()
-        if self.writer.over_limit():
-            self._pause_for_backpressure()
+    # -- what the ingest calls (tb.ingest.IngestHost) and reads ------------------------------------
+    def pause_for_backpressure(self) -> None:
+        self._pause_for_backpressure()
 
-    def _route_small(self, payloads: list, t0: float) -> bool:
-        """Route a small batch of trades the lean way (small_runs' lists to submit_small, and
-        _account's steps for trades only); False, having done nothing, if it is not one."""
-        got = small_runs(payloads, self.cfg.pipes, self.pick, self.symbol_pipes)
-        if got is None:
-            return False
-        runs, counts, used, n = got
-        c = self.c
-        c.messages += len(payloads)
-        if n:
-            self._write(self.writer.submit_small, runs, counts, used, t0)
-            c.events += n
-            c.routed += n
-        return True
+    def on_statuses(self, statuses: list[dict]) -> None:
+        feed = self.feed
+        self.c.statuses += len(statuses)
+        try:
+            began = feed.on_statuses(statuses)
+        except AuthFailed as exc:
+            log.error("%s", exc)
+            self.stop(ExitCode.AUTH)
+            return
+        except FeedError as exc:
+            self.connection_lost(f"{exc}")
+            return
+        out = feed.data_to_send()  # (the session's answers: auth, subscribe)
+        if out:
+            self.send(out)
+        if began:
+            if self.down_since is not None:
+                gap = time.monotonic() - self.down_since
+                self.c.disconnected_s += gap
+                log.info("streaming again after %.2f s without data", gap)
+                self.down_since = None
+            else:
+                log.info("streaming")
+            if self.gap is not None:
+                self.write_gap()
+
+    def write_gap(self) -> None:
+        """Write the pending tb.gap record to every pipe, ahead of the new connection's first
+        event (the ingest calls this before its first write once a gap is pending)."""
+        start, reason = self.gap
+        self.gap = None
+        self.ingest.gap_pending = False
+        end = int(time.time() * 1000)
+        record = encode_gap(start, max(start, end), reason)
+        n = self.cfg.pipes
+        self.writer.submit_small([record] * n, [1] * n, list(range(n)))
+        self.c.gap_records += n
+        log.info(
+            "wrote a tb.gap record to every pipe: %d ms without data (%s)", end - start, reason
+        )
 
     def _pause_for_backpressure(self) -> None:
         if not self.reading:
@@ -560,211 +468,6 @@ class Balancer:
         self.paused_since = self.overflow_warned = time.monotonic()
         self.c.pauses += 1
 
-    def _route_spans(self, starts, ends, ops, t0=None, batch=None, lean=True) -> bool:
-        """Route the scanned data frames; False if the connection failed (bad UTF-8).
-
-        With `t0`, route_frames (started at t0) has made the feed-shaped attempt: its `batch`.
-        Not `lean`: the small lane has declined these frames already."""
-        payloads = None
-        if t0 is None:
-            t0 = perf_counter()
-            if ends[-1] - starts[0] < self.small_max:  # (as _fast would; the lean way first)
-                payloads = self._payloads(starts, ends)
-                if lean and self._route_small(payloads, t0):
-                    return True
-                batch = None
-            else:
-                batch, payloads = self._fast(starts, ends)
-        if batch is None:
-            k = self._leading_statuses(starts, ends)
-            if 0 < k < len(starts):
-                # the first receive after subscribing: the session's statuses, then the stream.
-                # The stream the fast way, then the statuses the general way (handled after the
-                # trades were written, as when the whole batch goes the general way).
-                rest, _ = self._fast(starts[k:], ends[k:])
-                if rest is not None:
-                    self.c.messages += len(starts) - k
-                    self._account(rest, t0)
-                    return self._route_general(starts[:k], ends[:k], ops[:k], None)
-        if batch is not None:
-            self.c.messages += len(starts)
-            self._account(batch, t0)
-            return True
-        return self._route_general(starts, ends, ops, payloads)
-
-    def _fast(self, starts, ends, payloads=None) -> tuple:
-        """(the span router's batch or None, the payload views if it made them) for the
-        messages at starts/ends in the arena -- or, with `payloads`, these messages."""
-        # numpy's fixed cost per batch (~0.5-1 ms) pays only for big batches; small ones (a
-        # quiet feed's few trades per receive) take the same rules in plain Python
-        if ends[-1] - starts[0] >= self.small_max:
-            arr = self.arr
-            if payloads is not None:  # copied once into a padded buffer: rows read past the end
-                arr = self._packed(payloads, ends[-1])
-            starts, ends = np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64)
-            batch = route_spans(arr, starts, ends, self.cfg.pipes, self.cfg.hash, self.scratch)
-            return batch, None
-        if payloads is None:
-            payloads = self._payloads(starts, ends)
-        return route_small(payloads, self.cfg.pipes, self.cfg.hash, self.symbol_pipes), payloads
-
-    def _packed(self, payloads: list, size: int) -> np.ndarray:
-        """The payloads one after the other in a buffer with SPAN_PAD bytes to spare."""
-        if len(self.packed) < size + SPAN_PAD:
-            self.packed = np.zeros(max(size + SPAN_PAD, 2 * len(self.packed)), np.uint8)
-        view = memoryview(self.packed)
-        at = 0
-        for m in payloads:
-            view[at : at + len(m)] = m
-            at += len(m)
-        return self.packed
-
-    def _leading_statuses(self, starts, ends, most: int = 8) -> int:
-        """How many of the first messages (at most `most`) are status messages."""
-        view = self.view
-        k = 0
-        for s in as_list(starts[:most]):
-            head = view[s : s + 16]
-            if head != b'[{"ev":"status",' and head != b'[{"ev": "status"':
-                break
-            k += 1
-        return k
-
-    def _route_general(self, starts, ends, ops, payloads) -> bool:
-        """Not feed-shaped (statuses, other layouts, unicode...): the general router, after the
-        UTF-8 check that the span router's ASCII test would have made unnecessary."""
-        bad, error = utf8_errors(self.view, starts, ends, ops)
-        if payloads is None:
-            payloads = self._payloads(starts, ends)
-        if bad >= 0:
-            if bad:  # the messages before the bad one arrived whole: they are routed
-                self._route(payloads[:bad])
-            log.error(
-                "websocket protocol error from the server: text message is not UTF-8 (%s)", error
-            )
-            if self.ws is not None:
-                self.ws.send_close(1007, "invalid UTF-8")
-                self._send(self.ws.data_to_send())
-            self._connection_lost("protocol error: a text message is not UTF-8")
-            return False
-        self._route(payloads)
-        return self.transport is not None
-
-    def _payloads(self, starts, ends) -> list:
-        """The scanned messages as views of the arena (valid until the arena is compacted)."""
-        view = self.view
-        if len(starts) == 1:  # a quiet feed's usual receive
-            return [view[starts[0] : ends[0]]]
-        return [view[s:e] for s, e in zip(as_list(starts), as_list(ends), strict=True)]
-
-    def _route_messages(self, messages: list) -> None:
-        """Route what the Connection delivered (fragmented messages, frames after a control
-        frame): the fast way when feed-shaped, as the spans are, else the general way."""
-        t0 = perf_counter()
-        lens = np.fromiter(map(len, messages), np.int64, len(messages))
-        ends = np.cumsum(lens)
-        batch, _ = self._fast(ends - lens, ends, messages)  # (spans as if packed one after another)
-        if batch is None:
-            self._route(messages)
-            return
-        self.c.messages += len(messages)
-        messages.clear()
-        self._account(batch, t0)
-
-    def _route(self, messages: list) -> None:
-        t0 = perf_counter()
-        batch = self.router.route(messages)
-        self.c.messages += len(messages)
-        messages.clear()  # the views into the arena must not outlive this batch
-        self._account(batch, t0)
-
-    def _account(self, batch, t0: float) -> None:
-        c = self.c
-        if batch.routed:
-            self._write(self.writer.submit, batch.runs, batch.counts, batch.used, t0)
-        c.events += batch.events
-        c.routed += batch.routed
-        c.fallback += batch.fallback
-        c.no_symbol += batch.no_symbol
-        if batch.malformed:
-            c.malformed += batch.malformed
-            log.warning(
-                "malformed feed data (%d): %s", batch.malformed, "; ".join(batch.errors[:3])
-            )
-        if batch.statuses:
-            self._on_statuses(batch.statuses)
-
-    def _write(self, submit, runs: list, counts: list[int], used, t0: float) -> None:
-        """Hand routed runs to the writer (`submit`: its method for this kind of batch), timing
-        route (since t0) and write; before the batch's trades are added to the routed count."""
-        c = self.c
-        t1 = perf_counter()
-        if not c.routed:
-            self.cpu_first = time.process_time()
-            self.t_first = t1
-        stage = self.stage
-        stage[2] += t1 - t0
-        submit(runs, counts, used)
-        # (process_time is a slow syscall on some VMs: sampled here per batch only as wall
-        # time; the CPU end of the span is taken once a second in _tick and at the end)
-        self.t_last = t2 = perf_counter()
-        stage[3] += t2 - t1
-
-    def _on_statuses(self, statuses: list[dict]) -> None:
-        session = self.session
-        was_streaming = session.streaming
-        for status in statuses:
-            self.c.statuses += 1
-            try:
-                session.on_status(status)
-            except AuthFailed as exc:
-                log.error("%s", exc)
-                self.stop(ExitCode.AUTH)
-                return
-            except FeedError as exc:
-                self._connection_lost(f"{exc}")
-                return
-        if self.ws.state is State.OPEN and session.outgoing:
-            for message in session.outgoing:
-                self.ws.send_text(message)
-            self._send(self.ws.data_to_send())
-        session.outgoing.clear()
-        if session.streaming and not was_streaming:
-            if self.down_since is not None:
-                gap = time.monotonic() - self.down_since
-                self.c.disconnected_s += gap
-                log.info("streaming again after %.2f s without data", gap)
-                self.down_since = None
-            else:
-                log.info("streaming")
-
-    def _upgrade(self) -> bool:
-        try:
-            n = parse_client_response(self.view[: self.end], self.ws_key)
-        except InvalidHandshake as exc:
-            status = getattr(exc, "status", None)
-            if status in (401, 403):
-                log.error("the server refused the websocket upgrade: %s", exc)
-            self._connection_lost(f"websocket upgrade failed: {exc}")
-            return False
-        if n == 0:
-            if self.end >= self.room:
-                self._connection_lost("websocket upgrade response too large")
-            return False
-        self.upgraded = True
-        self.start = n
-        return True
-
-    def _compact(self) -> None:
-        # Views into the arena were dropped in _route; moving the tail is safe now.
-        start, end = self.start, self.end
-        if start == end:
-            self.start = self.end = 0
-        elif self.room - end < (256 << 10):
-            tail = end - start
-            self.arena[:tail] = self.view[start:end].tobytes()
-            self.start, self.end = 0, tail
-
     # -- reporting ------------------------------------------------------------------------------
     def _print_stats(self) -> None:
         now = time.monotonic()
@@ -772,34 +475,43 @@ class Balancer:
         last = getattr(self, "_last_stats", (self.t0, 0))
         rate = (routed - last[1]) / max(1e-9, now - last[0])
         self._last_stats = (now, routed)
-        write_line(f"{STATS_PREFIX}{rate:,.0f} trades/s {self.counters_line()}")
+        write_counters("stats", f"{STATS_PREFIX}{rate:,.0f} trades/s {self.counters_line()}")
         self.loop.call_later(self.cfg.stats, self._print_stats)
 
-    def counters_line(self) -> str:
-        c, w = self.c, self.writer
-        written = sum(w.written_records) if w else 0
-        queued = w.queued_records if w else 0
-        share = max(w.written_records) / written * 100 if written else 0.0  # (busiest pipe)
-        state = "streaming" if self.session and self.session.streaming else "connecting"
+    def snapshot(self) -> Snapshot:
+        """The counters and states at this moment (for --stats, the final line, the metrics;
+        safe to call from another thread: it only reads)."""
+        w, sup = self.writer, self.supervisor
+        since = None
         if self.transport is None:
-            state = "disconnected"
+            state, since = "disconnected", self.down_since
         elif self.paused_since is not None:
-            state = "paused"
-        depth = ",".join(
-            f"{i}:{n}" for i, n in enumerate(w.queued_bytes_per_pipe if w else ()) if n
+            state, since = "paused", self.paused_since
+        elif self.feed is not None and self.feed.streaming:
+            state = "streaming"
+        else:
+            state, since = "connecting", self.down_since
+        return Snapshot(
+            c=copy.copy(self.c),
+            general=self.router.totals.events,
+            written_records=list(w.written_records) if w else [],
+            queued_records=w.queued_records if w else 0,
+            queued_bytes=w.queued_bytes if w else 0,
+            queued_bytes_per_pipe=list(w.queued_bytes_per_pipe) if w else [],
+            state=state,
+            worker_alive=sup is not None and sup.running,
+            log_write_errors=sink().errors,
+            feed_lag_s=self._feed_lag(),
+            plan_share=None if self.cfg.plan is None else self.cfg.plan.expected_share,
+            since=None if since is None else time.time() - (time.monotonic() - since),
         )
-        return (
-            f"received={c.events} routed={c.routed} written={written} queued={queued}"
-            f" queued_bytes={w.queued_bytes if w else 0} queue_per_pipe={depth or '-'}"
-            f" dropped_no_symbol={c.no_symbol}"
-            f" statuses={c.statuses} fallback={c.fallback} general={self.router.totals.events}"
-            f" malformed={c.malformed}"
-            f" lost_in_worker={c.lost_in_worker} worker_restarts={c.worker_restarts}"
-            f" pauses={c.pauses} paused_s={c.paused_s:.2f}"
-            f" reconnects={c.reconnects} disconnected_s={c.disconnected_s:.2f}"
-            f" max_pipe_share={share:.1f}% state={state}"
-            f" undelivered_at_exit={c.undelivered_at_exit} log_write_errors={sink().errors}"
-        )
+
+    def _feed_lag(self) -> float | None:
+        ms = self.ingest.newest_trade_ms()
+        return None if ms is None else time.time() - ms / 1000
+
+    def counters_line(self) -> str:
+        return format_counters(self.snapshot())
 
     def summary(self) -> str:
         wall = time.monotonic() - self.t0
@@ -808,8 +520,9 @@ class Balancer:
             self.cpu_last = time.process_time()  # the last batches since the last tick
         # Per million over the streaming span only (first routed batch to the last): start-up,
         # the handshake and the shutdown wait are not per-trade costs.
-        span_cpu = self.cpu_last - self.cpu_first
-        span = self.t_last - self.t_first
+        ingest = self.ingest
+        span_cpu = self.cpu_last - ingest.cpu_first
+        span = ingest.t_last - ingest.t_first
         per_m = span_cpu / (self.c.routed / 1e6) if self.c.routed else 0.0
         rate = self.c.routed / span if span > 0 else 0.0
         w = self.writer

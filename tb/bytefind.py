@@ -1,7 +1,7 @@
 """Every position of one byte value in a large uint8 array: np.flatnonzero(seg == byte), faster.
 
-numpy's compare is one fast pass, but its nonzero costs ~0.25 ns per input byte (1 ms per 4 MiB
-receive, most of the router's "}" pass). Packing the compare's mask into bits and searching the
+numpy's compare is one fast pass, but its nonzero walks every input byte again and is the slow
+step (most of the router's "}" pass; docs/performance.md has the figures). Packing the compare's mask into bits and searching the
 64-bit words instead reads an eighth as many elements; the bit index inside each word that holds
 a hit comes from a few vector steps over those words alone. A word holds the hits of 64 bytes:
 the object ends and frame headers searched for are rarely two to a word (a feed's objects are

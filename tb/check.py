@@ -20,6 +20,8 @@ import struct
 import sys
 from dataclasses import asdict, dataclass
 
+from tb.exitcode import ExitCode
+
 __all__ = ["Finding", "probe_all", "add_parser", "main"]
 
 TB_RCVBUF = 4 << 20  # what tb.transport asks for (SO_RCVBUF)
@@ -79,7 +81,7 @@ def _tls_module_file() -> str | None:
 
 def _ktls_ciphers() -> list[str]:
     """Versions x ciphers the kernel accepts for TLS_RX, probed on a loopback TCP pair."""
-    from tb import ktls
+    from tb.transport import ktls
 
     found = []
     versions = (("TLS1.2", ktls.TLS_1_2_VERSION), ("TLS1.3", ktls.TLS_1_3_VERSION))
@@ -105,7 +107,7 @@ def _ktls_ciphers() -> list[str]:
 
 
 def probe_ktls() -> Finding:
-    from tb import ktls
+    from tb.transport import ktls
 
     missing = ktls.kernel_missing()
     if missing is None:
@@ -286,7 +288,7 @@ def main(args: argparse.Namespace) -> int:
     if getattr(args, "json", False):
         out = {"can_run": can_run, "fast_paths": fast, "checks": [asdict(f) for f in findings]}
         print(json.dumps(out, indent=2))
-        return 0 if can_run else 1
+        return ExitCode.OK if can_run else ExitCode.ERROR
     for f in findings:
         print(f"{f.name:9} {'on ' if f.on else 'off'}  {f.detail}")
         if f.fix:
@@ -296,4 +298,4 @@ def main(args: argparse.Namespace) -> int:
     tls = "kernel TLS" if "kTLS" in fast else "userspace TLS"
     loop = "epoll; --loop uring works" if "io_uring" in fast else "epoll"
     print(f"{verdict}; fast paths on: {on} (wss:// uses {tls} with --tls auto; loop: {loop})")
-    return 0 if can_run else 1
+    return ExitCode.OK if can_run else ExitCode.ERROR

@@ -105,10 +105,27 @@ def positive_float(text: str) -> float:
 
 
 def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
-    """-v/--verbose and -q/--quiet, read by the CLI's logging set-up."""
+    """-v/--verbose, -q/--quiet and --log-format, read by the CLI's logging set-up."""
     g = parser.add_argument_group("logging")
     g.add_argument("-v", "--verbose", action="count", default=0, help="more log lines (-vv: debug)")
     g.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    g.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="text (default) or json: one JSON object per line (time, level, logger, event and"
+        " the stats lines' fields), for log shippers",
+    )
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """An argparse type: HOST:PORT ([::1]:PORT for IPv6)."""
+    from tb.metrics import parse_listen
+
+    try:
+        return parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_run_arguments(p: argparse.ArgumentParser, *, positional: bool = True) -> None:
@@ -131,12 +148,33 @@ def add_run_arguments(p: argparse.ArgumentParser, *, positional: bool = True) ->
         "(the C original's (FNV-1a-64 >> 32) %% N, exactly)",
     )
     p.add_argument(
+        "--plan",
+        metavar="FILE",
+        help="planned pipes (made by tb plan, for as many pipes and the same --hash): its"
+        " symbols go to their planned pipes, every other symbol by the hash",
+    )
+    p.add_argument(
         "--stats", type=seconds, default=0.0, metavar="SECONDS", help="print counters every SECONDS"
     )
     p.add_argument(
         "--once",
         action="store_true",
         help="exit when the connection ends instead of reconnecting (tests, demos, replays)",
+    )
+    p.add_argument(
+        "--gap-records",
+        action="store_true",
+        help='when streaming resumes after a reconnect, write {"ev":"tb.gap","from":MS,"to":MS,'
+        '"reason":"..."} to every pipe before the new connection\'s first event: the window the'
+        " worker did not see (off by default: the C original's contract has only feed events)",
+    )
+    p.add_argument(
+        "--metrics",
+        type=listen_address,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics and a health check on"
+        " /healthz (200 while connected, subscribed and the worker alive, else 503 and why);"
+        " needs pip install 'tb[metrics]'",
     )
     p.add_argument(
         "--max-buffer",
@@ -298,6 +336,26 @@ def check_cafile(path: str | None) -> None:
         raise CLIError(f"cannot read --cafile {path}: {exc.strerror or exc}") from None
 
 
+def read_plan(path: str, pipes: int, hash: str):
+    """The plan in `path`, for `pipes` pipes and `hash`; a CLIError saying what is wrong."""
+    from tb.route import PlanError, load_plan
+
+    try:
+        plan = load_plan(path)
+    except PlanError as exc:
+        raise CLIError(f"--plan: {exc}") from None
+    if plan.pipes != pipes:
+        raise CLIError(
+            f"--plan {path} is for {plan.pipes} pipes, not --pipes {pipes}:"
+            f" make it again with tb plan --pipes {pipes}"
+        )
+    if plan.hash != hash:
+        raise CLIError(
+            f"--plan {path} sends unplanned symbols by --hash {plan.hash}, not --hash {hash}"
+        )
+    return plan
+
+
 def _run_config(args: argparse.Namespace, worker: list[str]):
     from tb.balancer import RunConfig
     from tb.transport import parse_url
@@ -312,6 +370,7 @@ def _run_config(args: argparse.Namespace, worker: list[str]):
         raise CLIError(f"--workdir {args.workdir} is not a directory")
     check_cafile(args.cafile)
     key, source = _resolve_key(args)
+    plan = read_plan(args.plan, args.pipes, args.hash) if args.plan else None
     return RunConfig(
         url=url,
         pipes=args.pipes,
@@ -342,6 +401,9 @@ def _run_config(args: argparse.Namespace, worker: list[str]):
         ping_interval=args.ping_interval,
         idle_timeout=args.idle_timeout,
         max_restarts=args.max_restarts,
+        metrics=args.metrics,
+        gap_records=args.gap_records,
+        plan=plan,
     )
 
 
@@ -417,7 +479,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_logging_arguments(lb)
     lb.set_defaults(func=cmd_lb)
 
-    for name in ("gen", "replay", "record", "demo", "profile", "check"):
+    for name in (
+        "gen",
+        "replay",
+        "record",
+        "demo",
+        "profile",
+        "check",
+        "plan",
+        "publish",
+        "consume",
+    ):
         try:
             module = __import__(f"tb.{name}", fromlist=["add_parser"])
         except ImportError:
@@ -433,7 +505,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
         level = logging.WARNING
     elif getattr(args, "verbose", 0) >= 2:
         level = logging.DEBUG
-    setup_logging(level)
+    setup_logging(level, getattr(args, "log_format", "text"))
 
 
 def main(argv: list[str] | None = None) -> int:

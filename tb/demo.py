@@ -17,6 +17,7 @@ import time
 
 from tb.cli import CLIError, positive_int
 from tb.counters import read_line
+from tb.exitcode import ExitCode
 from tb.replay import LISTENING
 
 __all__ = ["add_parser", "main"]
@@ -86,7 +87,7 @@ def main(args: argparse.Namespace) -> int:
             url = _wait_listening(replay, 120)
         except RuntimeError as exc:
             print(f"tb demo: {exc} (see {replay_log.name})", file=sys.stderr)
-            return 1
+            return ExitCode.ERROR
         print(f"tb demo: replay server on {url}")
         extra: list[str] = []
         if args.tls:
@@ -96,7 +97,7 @@ def main(args: argparse.Namespace) -> int:
                 print(
                     f"tb demo: tb replay did not say where its certificate is ({replay_log.name})"
                 )
-                return 1
+                return ExitCode.ERROR
             extra = ["--cafile", m.group(1)]
         return _run(args, py, url + "/stocks", out, run_log_path, replay_log.name, extra)
     finally:
@@ -159,4 +160,4 @@ def _run(
         f"tb demo: {verdict}: server sent {sent:,} trades, worker received "
         f"{'nothing' if received is None else f'{received:,}'}; worker summary in {summary_path}"
     )
-    return 0 if ok else 1
+    return ExitCode.OK if ok else ExitCode.ERROR

@@ -30,12 +30,13 @@ class ExitCode(enum.IntEnum):
 _MEANINGS = {
     ExitCode.OK: "clean shutdown (SIGINT, SIGTERM or SIGHUP: every routed record was written to "
     "the worker first; or --once and the server closed normally)",
-    ExitCode.ERROR: "internal error",
+    ExitCode.ERROR: "internal error (for the other commands: the failure their --help names)",
     ExitCode.USAGE: "bad command line",
-    ExitCode.AUTH: "authentication failed (the server refused the key; the message names where "
-    "it came from)",
+    ExitCode.AUTH: "authentication failed (the feed refused the key, or NATS the credentials; the "
+    "message names where they came from)",
     ExitCode.WORKER: "the worker exited (and the restart policy gave up), or could not be started",
-    ExitCode.CONNECT: "--once: the connection failed or ended abnormally",
+    ExitCode.CONNECT: "--once: the connection failed or ended abnormally (tb publish/consume: "
+    "the NATS server is unreachable)",
     ExitCode.TLS: "TLS setup failed: the certificate did not verify, or --tls ktls is not "
     "available here",
     ExitCode.OVERFLOW: "--on-overflow exit: the pipes stayed full for longer than "

@@ -20,12 +20,22 @@ interleave with the worker's as long as they fit in PIPE_BUF (4096 bytes).
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import socket
 import stat
+import time
 
-__all__ = ["StderrSink", "LineHandler", "sink", "setup_logging", "write_line"]
+__all__ = [
+    "JSONFormatter",
+    "LineHandler",
+    "StderrSink",
+    "setup_logging",
+    "sink",
+    "write_counters",
+    "write_line",
+]
 
 _GONE = (errno.EPIPE, errno.EAGAIN, errno.EIO, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF)
 
@@ -127,18 +137,63 @@ class LineHandler(logging.Handler):
         sink().write(text)
 
 
-def setup_logging(level: int) -> None:
-    """tb's logging: one line per record on stderr, through the sink (nothing of tb's goes
-    through sys.stderr's buffer, whose flush at exit fails on a closed pipe and turns the exit
-    status into 120)."""
+class JSONFormatter(logging.Formatter):
+    """One JSON object per record: time (UTC, ISO 8601 with ms), level, logger, event."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _json_line(record.created, record.levelname, record.name, record.getMessage())
+
+
+def _json_line(created: float, level: str, logger: str, event: str, **fields: object) -> str:
+    when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+    obj = {"time": f"{when}.{int(created * 1000) % 1000:03d}Z", "level": level, "logger": logger}
+    obj["event"] = event
+    obj.update(fields)
+    return json.dumps(obj, separators=(",", ":"))
+
+
+_json = False
+
+
+def setup_logging(level: int, fmt: str = "text") -> None:
+    """tb's logging: one line per record on stderr, through the sink, as text or JSON (nothing
+    of tb's goes through sys.stderr's buffer, whose flush at exit fails on a closed pipe and
+    turns the exit status into 120)."""
+    global _json
+    _json = fmt == "json"
     handler = LineHandler()
-    handler.setFormatter(
-        logging.Formatter(
-            "%(asctime)s.%(msecs)03d %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S"
+    if _json:
+        handler.setFormatter(JSONFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter(
+                "%(asctime)s.%(msecs)03d %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S"
+            )
         )
-    )
     root = logging.getLogger()
     for old in root.handlers[:]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+
+
+def write_counters(kind: str, line: str) -> bool:
+    """Write a stats line (`kind` "stats") or the final line ("final"): as it is, or with
+    --log-format json as {"event": kind, ...its key=value pairs, numbers as numbers}."""
+    if not _json:
+        return write_line(line)
+    from tb.counters import parse_line
+
+    fields: dict[str, object] = {}
+    for key, value in parse_line(line).items():
+        try:
+            fields[key] = int(value)
+        except ValueError:
+            try:
+                fields[key] = float(value.rstrip("%"))
+            except ValueError:
+                fields[key] = value
+    if kind == "stats":
+        rate = line.split(" trades/s", 1)[0].rsplit(" ", 1)[-1].replace(",", "")
+        fields["trades_per_s"] = int(rate) if rate.isdigit() else rate
+    return write_line(_json_line(time.time(), "INFO", "tb.run", kind, **fields))

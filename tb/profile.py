@@ -22,7 +22,10 @@ processes), so the latency is arrival minus send, per trade. The worker busy-pol
 (count_worker --latency --spin: every ready pipe is read and stamped before any record is
 parsed), so a record is stamped microseconds after it enters its pipe: feed->pipe, what the
 balancer adds. With --sleeping-worker it sleeps in poll as a real worker does, and the figure is
-feed->worker (the worker's own wake-up included: 100-200 µs on this kind of VM).
+feed->worker (the worker's own wake-up included, which on a VM is often the larger part).
+tools/compare.py can put a native reader (tools/native_reader.c) in the count worker's place,
+with the same arguments and the same --progress file, to measure balancers against a reader
+that empties the pipes at native speed.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from tb.cli import (
     slice_microseconds,
 )
 from tb.counters import read_line
+from tb.exitcode import ExitCode
 from tb.pipes.count_worker import progress_size, read_progress
 from tb.replay import LISTENING, STREAMING_TO
 from tb.sched import DEFAULT_SLICE_US
@@ -91,6 +95,7 @@ class ProfileResult:
     median_rss_mib: float = 0.0  # over the window (while trades flow): the steady state
     max_pipe_share: float = 0.0
     fair_share: float = 0.0
+    plan_share: float | None = None  # the plan's expected busiest share (tb with --plan)
     latency_us: dict = field(default_factory=dict)
     latency_kind: str = "feed->pipe"  # or feed->worker, with --sleeping-worker
     send_times: str = ""  # where the latency's start comes from
@@ -141,6 +146,12 @@ def add_parser(subparsers) -> None:
         help="tb's event loop (tb run --loop)",
     )
     p.add_argument("--hash", choices=["mixed", "compat"], default="mixed", help="tb's hash")
+    p.add_argument(
+        "--plan",
+        metavar="FILE",
+        help="tb's planned pipes (tb run --plan; made by tb plan for --pipes): the report shows"
+        " the plan's expected busiest share beside the measured one",
+    )
     p.add_argument(
         "--busy-poll",
         type=microseconds,
@@ -196,6 +207,7 @@ def add_parser(subparsers) -> None:
     flags = {
         "loop": "--loop",
         "hash": "--hash",
+        "plan": "--plan",
         "busy_poll": "--busy-poll",
         "sched_slice": "--sched-slice",
         "splice": "--no-splice",
@@ -329,7 +341,7 @@ def run_profile(args: argparse.Namespace, live: bool = True) -> ProfileResult:
             payloads = list(read_capture(str(cap)))
             ctx = None
             if args.tls != "none":
-                from tb.transport import self_signed_context
+                from tb.certs import self_signed_context
 
                 ctx, _ = self_signed_context(str(work / "cert.pem"), ktls=args.tls == "ktls")
             server = ReplayServer(
@@ -383,6 +395,8 @@ def _balancer_cmd(args, url: str, work: Path, worker: list[str]) -> list[str]:
            "--busy-poll", str(args.busy_poll), "--sched-slice", str(args.sched_slice)]  # fmt: skip
     if not args.splice:
         cmd.append("--no-splice")
+    if getattr(args, "plan", None):
+        cmd += ["--plan", args.plan]
     if args.tls != "none":
         cmd += ["--insecure", "--tls", "ktls" if args.tls == "ktls" else "userspace"]
     return [*cmd, "--", *worker]
@@ -583,7 +597,13 @@ def format_result(r: ProfileResult) -> str:
         f"  trades/s            {r.trades_per_s:,.0f}",
         f"  balancer CPU        {r.cpu_s:.3f} s = {r.cpu_s_per_million:.3f} CPU s per million trades",
         f"  busiest pipe        {r.max_pipe_share * 100:.1f}% of trades"
-        f" ({r.max_pipe_share / r.fair_share if r.fair_share else 0:.2f}x the fair share)",
+        f" ({r.max_pipe_share / r.fair_share if r.fair_share else 0:.2f}x the fair share)"
+        + (
+            ""
+            if r.plan_share is None
+            else f"; the plan expects {r.plan_share * 100:.1f}%"
+            f" ({r.plan_share / r.fair_share if r.fair_share else 0:.2f}x)"
+        ),
         f"  balancer RSS        {r.median_rss_mib:.0f} MiB median while trades flow,"
         f" {r.max_rss_mib:.0f} MiB at most",
     ]
@@ -669,9 +689,15 @@ def main(args: argparse.Namespace) -> int:
             flags = ", ".join(given)
             verb = "applies" if len(given) == 1 else "apply"
             raise CLIError(f"{flags} {verb} to tb only, not to a --balancer command")
+    plan_share = None
+    if args.plan:
+        from tb.cli import read_plan
+
+        plan_share = read_plan(args.plan, args.pipes, args.hash).expected_share
     results = []
     for _ in range(max(1, args.runs)):
         r = run_profile(args, live=not args.json)
+        r.plan_share = plan_share
         results.append(r)
         if not args.json:
             print(format_result(r), flush=True)
@@ -687,4 +713,4 @@ def main(args: argparse.Namespace) -> int:
             raise CLIError(f"cannot write --plot {args.plot}: {exc.strerror or exc}") from None
         if not args.json:
             print(f"tb profile: plot written to {args.plot}")
-    return 0 if all(r.ok for r in results) else 1
+    return ExitCode.OK if all(r.ok for r in results) else ExitCode.ERROR

@@ -8,9 +8,8 @@ another busy process, a worker's thread -- to sleep or use up its own slice: ten
 microseconds to milliseconds between a message's arrival and tb's receive. Since Linux 6.12 a
 task may ask for its own slice (sched_setattr's sched_runtime, fair policies, 0.1-100 ms); a
 short one gives tb an early deadline on each wake-up, so it preempts at once, while its share
-of the CPU stays what it was. Measured on a 2-core VM at 2,000 trades/s, the server on tb's
-core: the time from the feed's send to tb on the CPU fell from 27 to 1 µs at the median, and
-feed->pipe latency from 68 to 42 µs (README, Performance).
+of the CPU stays what it was. (docs/performance.md, "The CPU time slice", has the traces and
+the latencies measured with and without it.)
 
 The request carries SCHED_FLAG_RESET_ON_FORK: a worker started (or restarted) by tb gets the
 default slice, not tb's.

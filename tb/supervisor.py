@@ -93,6 +93,12 @@ class Supervisor:
     def alive(self) -> bool:
         return self.worker is not None and self.worker.poll() is None
 
+    @property
+    def running(self) -> bool:
+        """A worker was started and its death has not been seen (reads no process state: safe
+        from another thread, e.g. a metrics scrape)."""
+        return self.worker is not None and not self._handled
+
     # -- start and death ------------------------------------------------------------------------
     def start(self) -> bool:
         """Start a worker; False (said, and on_gave_up called) if it cannot be started."""

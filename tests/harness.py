@@ -100,9 +100,12 @@ def instrument(obj: dict) -> str:
     return obj["sym"] if "sym" in obj else obj["pair"] if "pair" in obj else obj["p"]
 
 
-def check_delivery(log: list[dict], payloads, npipes: int, hash_name: str = "mixed") -> None:
+def check_delivery(
+    log: list[dict], payloads, npipes: int, hash_name: str = "mixed", plan=None
+) -> None:
     """Every event sent arrived exactly once, byte-exact JSON, per-symbol order kept, one pipe per
-    symbol, and the pipe is the documented hash of the symbol."""
+    symbol, and the pipe is the documented hash of the symbol (with `plan`: its planned pipe,
+    else the hash)."""
     from tb.route.hashing import HASHES
 
     sent = expected_events(payloads)
@@ -120,7 +123,7 @@ def check_delivery(log: list[dict], payloads, npipes: int, hash_name: str = "mix
         per_sym_got.setdefault(sym, []).append(key(o))
         assert pipe_of.setdefault(sym, r["pipe"]) == r["pipe"], f"{sym} on two pipes"
     assert per_sym_got == per_sym_sent, "per-symbol order differs"
-    pick = HASHES[hash_name]
+    pick = HASHES[hash_name] if plan is None else plan.pick
     for sym, pipe in pipe_of.items():
         assert pipe == pick(sym.encode(), npipes), f"{sym} on pipe {pipe}"
 

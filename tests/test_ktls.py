@@ -1,4 +1,4 @@
-"""Kernel TLS for real: tb.ktls and `tb run --tls ktls` on a kernel with TLS offload.
+"""Kernel TLS for real: tb.transport.ktls and `tb run --tls ktls` on a kernel with TLS offload.
 
 The development machines' kernel has no kTLS, so these run inside a VM:
 
@@ -26,8 +26,7 @@ from pathlib import Path
 import harness as e2e  # tests/harness.py: real tb processes on loopback
 import pytest
 
-from tb import ktls
-from tb.transport import KTLSUnavailableError, TransportError, connect, parse_url
+from tb.transport import KTLSUnavailableError, TransportError, connect, ktls, parse_url
 
 pytestmark = pytest.mark.ktls
 

@@ -122,6 +122,26 @@ def test_the_window_starts_at_the_servers_first_trade(tmp_path):
     assert r["trades_per_s"] < 30000, r["trades_per_s"]
 
 
+def test_a_plan_shows_its_expected_share_beside_the_measured_one(tmp_path):
+    # the plan made from the very capture profiled: the busiest pipe is the planned one
+    cap, plan = tmp_path / "day.tbcap", tmp_path / "plan.json"
+    gen = ["gen", str(cap), "--profile", "quiet", "--trades", "30000", "--symbols", "50"]
+    for args in (gen, ["plan", str(cap), "--pipes", "4", "-o", str(plan)]):
+        subprocess.run([sys.executable, "-m", "tb", *args], check=True, capture_output=True)
+    expected = json.loads(plan.read_text())["expected_share"]
+    r = profile(tmp_path, "--workload", "quiet", "--trades", "30000", "--plan", str(plan))
+    assert r["ok"] and r["delivered"] == 30000 and r["plan_share"] == expected
+    assert r["max_pipe_share"] == pytest.approx(expected)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tb", "profile", "--pipes", "8", "--plan", str(plan)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "is for 4 pipes, not --pipes 8" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize(
     "option",
     [
@@ -130,6 +150,7 @@ def test_the_window_starts_at_the_servers_first_trade(tmp_path):
         ["--loop", "epoll"],
         ["--hash", "compat"],
         ["--no-splice"],
+        ["--plan", "plan.json"],
     ],
 )
 def test_tb_options_with_another_balancer_are_usage_errors(tmp_path, option):

@@ -17,15 +17,9 @@ from pathlib import Path
 import harness as e2e  # tests/harness.py: real tb processes on loopback
 import pytest
 
-from tb import ktls
 from tb.capture import read_capture
-from tb.transport import (
-    KTLSUnavailableError,
-    TLSVerifyError,
-    connect,
-    parse_url,
-    self_signed_context,
-)
+from tb.certs import self_signed_context
+from tb.transport import KTLSUnavailableError, TLSVerifyError, connect, ktls, parse_url
 
 
 @pytest.fixture

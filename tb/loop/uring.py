@@ -16,11 +16,10 @@ socket stays connected) until the poll completes. An error completion (e.g. EBAD
 watch.
 
 Needs the liburing bindings (`pip install -e '.[uring]'`, version 2024.5.3: the 2026 wheels
-are built for AVX-512). Measured side by side with epoll (tb profile, 2026-12-02) it costs the
-same within the noise on bursts, quiet frames and trickle, so `--loop auto` keeps epoll, which
-needs nothing installed. Completion-based I/O does not pay here either (tools/uring_bench.py):
-through the bindings, pipe writes submitted together in one io_uring_enter take ~3x as long as
-as many os.write calls, and a recv completion ~1.6x as long as epoll_wait + recv_into.
+are built for AVX-512 and have another API). Side by side with epoll it costs the same within
+the noise on every workload, so `--loop auto` keeps epoll, which needs nothing installed; and
+completion-based I/O (submitting the recvs and pipe writes themselves) costs more through these
+bindings than the system calls it saves (tools/uring_bench.py; figures in docs/performance.md).
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ from collections.abc import Callable
 
 import liburing as _u
 
-from tb.loop import Loop, LoopError
+from tb.loop.base import Loop, LoopError
 
 if not hasattr(_u, "io_uring_cqe"):  # the 2026 rewrite: another API (and AVX-512 only wheels)
     raise ImportError(

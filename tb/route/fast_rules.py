@@ -32,7 +32,12 @@ flat object, e.g. a missing or trailing comma. Such an object is passed on as th
 
 from __future__ import annotations
 
-__all__ = ["MAX_FAST_SYMBOL", "WS"]
+__all__ = ["MAX_FAST_SYMBOL", "WS", "le"]
 
 MAX_FAST_SYMBOL = 32
 WS = b" \t\n\r"
+
+
+def le(pattern: bytes) -> int:
+    """A byte pattern as the little-endian integer the lanes compare words of the batch with."""
+    return int.from_bytes(pattern, "little")

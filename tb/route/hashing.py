@@ -33,6 +33,8 @@ __all__ = [
     "fnv1a64",
     "fnv1a64_rows",
     "mix64",
+    "mix64_words",
+    "mod_pipes",
     "pipe_compat",
     "pipe_mixed",
     "pipes_compat",
@@ -133,7 +135,7 @@ def _fmix64_vec(k: np.ndarray) -> np.ndarray:
     return k
 
 
-def _mod(k: np.ndarray, npipes: int) -> np.ndarray:
+def mod_pipes(k: np.ndarray, npipes: int) -> np.ndarray:
     """k % npipes in place, as int64 (a power of two is a mask: uint64 division is slow)."""
     if npipes & (npipes - 1) == 0:
         k &= _U64(npipes - 1)
@@ -144,22 +146,28 @@ def _mod(k: np.ndarray, npipes: int) -> np.ndarray:
 
 def pipes_compat(rows: np.ndarray, lengths: np.ndarray, npipes: int) -> np.ndarray:
     """Vector ``pipe_compat`` of zero-padded symbol rows (as fnv1a64_rows) -> int64 pipes."""
-    return _mod(fnv1a64_rows(rows, lengths) >> _U64(32), npipes)
+    return mod_pipes(fnv1a64_rows(rows, lengths) >> _U64(32), npipes)
 
 
 _WORD_CONSTANTS = np.array(WORD_CONSTANTS, dtype=np.uint64)
 
 
-def pipes_mixed_words(words: np.ndarray, npipes: int) -> np.ndarray:
-    """Vector ``pipe_mixed`` of symbols as zero-padded little-endian uint64 words: shape (n,)
-    for symbols of at most 8 bytes, (n, k) for longer ones -> int64 pipe numbers."""
+def mix64_words(words: np.ndarray) -> np.ndarray:
+    """Vector ``mix64`` of symbols as zero-padded little-endian uint64 words: shape (n,) for
+    symbols of at most 8 bytes, (n, k) for longer ones -> a new uint64 array of n hashes."""
     if words.ndim == 1:
         h = words * _WORD_CONSTANTS[0]
     else:
         h = words[:, 0] * _WORD_CONSTANTS[0]
         for k in range(1, words.shape[1]):
             h ^= words[:, k] * _WORD_CONSTANTS[k]
-    return _mod(_fmix64_vec(h), npipes)
+    return _fmix64_vec(h)
+
+
+def pipes_mixed_words(words: np.ndarray, npipes: int) -> np.ndarray:
+    """Vector ``pipe_mixed`` of symbols as zero-padded little-endian uint64 words (as
+    mix64_words) -> int64 pipe numbers."""
+    return mod_pipes(mix64_words(words), npipes)
 
 
 def pipes_mixed(rows: np.ndarray, lengths: np.ndarray, npipes: int) -> np.ndarray:

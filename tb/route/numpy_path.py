@@ -24,25 +24,18 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from .batch import MAX_ERRORS, RouteBatch
-from .fast_rules import MAX_FAST_SYMBOL, WS
+from .fast_rules import MAX_FAST_SYMBOL, WS, le
 from .python_path import _value
+from .scratch import Scratch
 from .slow import route_slowly
 
-__all__ = ["Scratch", "route_numpy"]
+__all__ = ["route_numpy"]
 
 # Zero bytes after the joined payloads: fixed-width windows starting inside the batch never read
 # past the buffer (rows are masked to the symbol's length; copies stay inside records).
 _PAD = bytes(64)
 _COPY_WIDTH = 64  # bytes per row copy when building the output (measured: 32 < 64 ~ 128)
 _I64 = np.int64
-
-
-def _le(text: bytes) -> int:
-    return int.from_bytes(text, "little")
-
-
-_STATUS_Q, _C_Q = _le(b'status"'), _le(b'C"')
-_MASK7 = (1 << 56) - 1
 
 
 def _windows(buf: bytes | bytearray, dtype: np.dtype | type) -> np.ndarray:
@@ -96,21 +89,6 @@ def _gaps_hold_one(full: np.ndarray, starts, ends, want) -> np.ndarray:
     return ok
 
 
-class Scratch:
-    """Byte-sized work arrays kept between batches. Fresh large arrays cost page faults on
-    every batch (measured: several times the compare itself on the dev VM); these grow to the
-    largest batch seen and are reused. Contents never carry over (each use overwrites)."""
-
-    def __init__(self) -> None:
-        self._arrays = [np.zeros(0, dtype=bool), np.zeros(0, dtype=bool)]
-
-    def masks(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Two bool arrays of length ``n`` (views of the kept ones)."""
-        if len(self._arrays[0]) < n:
-            self._arrays = [np.empty(n + n // 4, dtype=bool) for _ in range(2)]
-        return self._arrays[0][:n], self._arrays[1][:n]
-
-
 def _check_messages(buf, body, mstart, mend, scratch: Scratch):
     """Rules 1-3 per message; returns (bad per message, brace positions and their message)."""
     nmsg = len(mstart)
@@ -125,7 +103,7 @@ def _check_messages(buf, body, mstart, mend, scratch: Scratch):
         v = body[at]
         at = at[(v >= 128) | (v == 92) | ((v != 9) & (v != 10) & (v != 13))]
         bad[np.searchsorted(mend, at, side="right")] = True
-    brace, other = scratch.masks(len(body))
+    brace, other = scratch.bools(len(body)), scratch.bools(len(body), 1)
     np.equal(body, 123, out=brace)
     np.equal(body, 125, out=other)
     brace |= other
@@ -183,7 +161,7 @@ class _Words:
         ]
 
     def _heads(self, pattern: bytes) -> list[np.ndarray]:
-        return [v == _le(pattern[:4]) for v in self.views]
+        return [v == le(pattern[:4]) for v in self.views]
 
     def _verify(self, pos: np.ndarray, pattern: bytes) -> np.ndarray:
         for i in range(4, len(pattern)):

@@ -33,27 +33,28 @@ finds the frame headers (each feed message ends with "}]", and the next header f
 so the receive needs no frame scan of its own (a pass over the buffer, ~2 ms per 4 MiB of
 1-5-trade frames). Whatever it cannot place that way it leaves to scan_data_frames.
 
-`route_small` applies the same rules to small batches in plain Python (numpy's fixed cost per
-call is ~0.5-1 ms). Both return None whenever a batch is not feed-shaped (a status message, other key
-orders, escapes, unicode, nesting): the caller then routes the same messages with Router.route,
-whose output these paths reproduce byte for byte on valid JSON (tests/route/test_spans.py and
-tests/fuzz pin it). The documented limit: the grammar inside an object is not checked, and
-unlike Router they do not check that its quotes pair up -- invalid JSON such as an unterminated
-string inside an object is passed on as the feed sent it, where Router counts it malformed.
+The small lane (tb.route.small) applies the same rules to small batches in plain Python (numpy's
+fixed cost per call is ~0.5-1 ms). Both return None whenever a batch is not feed-shaped (a status
+message, other key orders, escapes, unicode, nesting): the caller then routes the same messages
+with Router.route, whose output these lanes reproduce byte for byte on valid JSON
+(tests/route/test_router_props.py at random splits, tests/route/test_spans.py, tests/fuzz). The
+documented limit: the grammar inside an object is not checked, and unlike Router they do not check
+that its quotes pair up -- invalid JSON such as an unterminated string inside an object is passed
+on as the feed sent it, where Router counts it malformed.
 """
 
 from __future__ import annotations
 
-import re
-from operator import itemgetter
-
 import numpy as np
 
 from ..bytefind import find_all
-from .batch import SYMBOL_CACHE_MAX, RouteBatch
-from .hashing import HASHES, VECTOR_HASHES, pipes_mixed_words
+from .batch import RouteBatch
+from .fast_rules import le
+from .hashing import VECTOR_HASHES, pipes_mixed_words
+from .plan import PlanTable
+from .scratch import Scratch
 
-__all__ = ["route_spans", "route_frames", "route_small", "Scratch", "SPAN_PAD", "ROW"]
+__all__ = ["route_spans", "route_frames", "SPAN_PAD", "ROW", "SYM_ROW"]
 
 ROW = 188  # record bytes per row: a row costs ~35 ns whatever its width, and trades fit
 SYM_ROW = 32  # symbol row width (8, 16, 32 or 64): longer symbols go the general way
@@ -63,34 +64,30 @@ SPAN_PAD = 256  # >= 4 + ROW, and >= SYM_ROW
 _U64 = np.uint64
 
 
-def _le(text: bytes) -> int:
-    return int.from_bytes(text, "little")
-
-
-_COMPACT = _le(b'{"ev":"')  # 7 bytes
-_SPACED = _le(b'{"ev": "')  # 8 bytes
+_COMPACT = le(b'{"ev":"')  # 7 bytes
+_SPACED = le(b'{"ev": "')  # 8 bytes
 _M7 = _U64((1 << 56) - 1)
-_SYM_COMPACT = _le(b',"sym":"')  # 8 bytes
-_SYM_SPACED = _le(b', "sym":')  # 8 bytes, then ' "'
-_SP_Q = _le(b' "')
-_PAIR_COMPACT = _le(b',"pair":')  # 8 bytes, then '"'
-_PAIR_SPACED = _le(b', "pair"')  # 8 bytes, then ': "'
-_P_COMPACT = _le(b',"p":"')  # 6 bytes
+_SYM_COMPACT = le(b',"sym":"')  # 8 bytes
+_SYM_SPACED = le(b', "sym":')  # 8 bytes, then ' "'
+_SP_Q = le(b' "')
+_PAIR_COMPACT = le(b',"pair":')  # 8 bytes, then '"'
+_PAIR_SPACED = le(b', "pair"')  # 8 bytes, then ': "'
+_P_COMPACT = le(b',"p":"')  # 6 bytes
 _M6 = _U64((1 << 48) - 1)
-_P_SPACED = _le(b', "p": "')  # 8 bytes
-_STATUS = _le(b"status")
+_P_SPACED = le(b', "p": "')  # 8 bytes
+_STATUS = le(b"status")
 KEY_SYM, KEY_PAIR, KEY_P = 0, 1, 2  # what names an object's instrument
-_COLON_SP = _le(b": ")
+_COLON_SP = le(b": ")
 # the fast lane, a one-byte ev (T, Q, A, ...): '{"ev":"' X '","sym":' '"' (17 bytes), or spaced
 # '{"ev": "' X '", "sym' '": "' (20 bytes)
-_ONE_COMPACT_TAIL = _le(b'","sym":')
-_ONE_SPACED_TAIL, _ONE_SPACED_END = _le(b'", "sym'), _le(b'": "')
+_ONE_COMPACT_TAIL = le(b'","sym":')
+_ONE_SPACED_TAIL, _ONE_SPACED_END = le(b'", "sym'), le(b'": "')
 # the pair lane, a two-byte ev (crypto XT/XQ/XA, forex CA) keyed by pair, compact:
 # '{"ev":"' XY '","pair":"' (19 bytes)
-_TWO_PAIR_TAIL, _TWO_PAIR_END, _M3 = _le(b'","pair'), _le(b'":"'), _U64((1 << 24) - 1)
+_TWO_PAIR_TAIL, _TWO_PAIR_END, _M3 = le(b'","pair'), le(b'":"'), _U64((1 << 24) - 1)
 _M4 = _U64((1 << 32) - 1)
 # ... and spaced: '{"ev": "' XY '", "pair": "' (22 bytes)
-_TWO_PAIR_SPACED_TAIL, _TWO_PAIR_SPACED_END = _le(b'", "pa'), _le(b'ir": "')
+_TWO_PAIR_SPACED_TAIL, _TWO_PAIR_SPACED_END = le(b'", "pa'), le(b'ir": "')
 # _LOW_BYTES[k]: a mask of the low k bytes of a word
 _BYTE = _U64(0xFF)
 # the long-symbol lane: a row's quote flags as one unsigned int (SYM_ROW bits), and
@@ -137,34 +134,6 @@ def _header_positions(starts: np.ndarray, ends: np.ndarray, lo: int) -> np.ndarr
     return np.repeat(gap_from - (np.cumsum(gap_len) - gap_len), gap_len) + np.arange(total)
 
 
-class Scratch:
-    """Buffers kept from batch to batch: fresh multi-MB arrays cost page faults every time.
-
-    `outputs`, if given, supplies the output buffers (n -> a uint8 array of n bytes, or None for
-    this one): the pipe writer's, whose runs it splices into the pipes instead of copying."""
-
-    def __init__(self, outputs=None) -> None:
-        self.mask = np.empty(0, dtype=bool)
-        self.out = np.empty(0, dtype=np.uint8)
-        self.outputs = outputs
-
-    def bools(self, n: int) -> np.ndarray:
-        if len(self.mask) < n:
-            self.mask = np.empty(max(n, 2 * len(self.mask)), dtype=bool)
-        return self.mask[:n]
-
-    def output(self, n: int) -> np.ndarray:
-        # The runs handed out are views of this buffer: PipeWriter copies what it cannot write
-        # at once, so the buffer is free again when the next batch comes.
-        if self.outputs is not None:
-            out = self.outputs(n)
-            if out is not None:
-                return out
-        if len(self.out) < n:
-            self.out = np.empty(max(n, 2 * len(self.out)), dtype=np.uint8)
-        return self.out[:n]
-
-
 def route_spans(
     a: np.ndarray,
     starts: np.ndarray,
@@ -172,11 +141,13 @@ def route_spans(
     npipes: int,
     hash_name: str = "mixed",
     scratch: Scratch | None = None,
+    plan: PlanTable | None = None,
 ) -> RouteBatch | None:
     """Route the messages a[starts[i]:ends[i]]; None if the batch is not feed-shaped.
 
     `a` must extend at least SPAN_PAD bytes beyond ends[-1]. With `scratch`, the runs returned
     are valid until the next call with the same scratch (without it, a new buffer each call).
+    With `plan`, its symbols go to their planned pipes (its hash is hash_name).
     """
     nmsg = len(starts)
     if nmsg == 0:
@@ -200,7 +171,7 @@ def route_spans(
     finally:
         a[hdr] = saved
     return _route_objects(
-        a, starts, ends, close, hdr, npipes, hash_name, scratch if keep_out else None
+        a, starts, ends, close, hdr, npipes, hash_name, scratch if keep_out else None, plan=plan
     )
 
 
@@ -212,6 +183,7 @@ def route_frames(
     npipes: int,
     hash_name: str = "mixed",
     scratch: Scratch | None = None,
+    plan: PlanTable | None = None,
 ):
     """Find the plain text frames at the start of a[pos:end] and route them, in one byte pass.
 
@@ -288,7 +260,7 @@ def route_frames(
     if not printable:
         return None, starts, ends, stop
     batch = _route_objects(
-        a, starts, ends, close, hdr, npipes, hash_name, scratch if keep_out else None, sep
+        a, starts, ends, close, hdr, npipes, hash_name, scratch if keep_out else None, sep, plan
     )
     return batch, starts, ends, stop
 
@@ -316,6 +288,7 @@ def _route_objects(
     hash_name: str,
     scratch: Scratch | None,
     sep: np.ndarray | None = None,
+    plan: PlanTable | None = None,
 ) -> RouteBatch | None:
     """Steps 2-5 from every payload "}" (`close`, sorted) of the messages a[starts[i]:ends[i]],
     whose frame headers between them are at `hdr` (`sep`: the bytes after each "}",
@@ -421,7 +394,9 @@ def _route_objects(
         sym_word = first_word & _LOW_BYTES[sym_len]
         if _has_byte(sym_word, 0x5C):
             return None
-        if hash_name == "mixed":  # the word is what the mixed hash takes
+        if plan is not None:  # planned pipes, the hash for the others (tb.route.plan)
+            pipes = plan.pipes_of_words(sym_word, sym_len, npipes, width)
+        elif hash_name == "mixed":  # the word is what the mixed hash takes
             pipes = pipes_mixed_words(sym_word, npipes)
         else:
             rows = sym_word[:, None].view(np.uint8)[:, :width]
@@ -431,7 +406,9 @@ def _route_objects(
         words &= _SYM_MASKS[sym_len].view(np.uint64).reshape(n, -1)
         if (rows == 0x5C).any():
             return None
-        if hash_name == "mixed":
+        if plan is not None:
+            pipes = plan.pipes_of_words(words[:, : (width + 7) // 8], sym_len, npipes, width)
+        elif hash_name == "mixed":
             pipes = pipes_mixed_words(words[:, : (width + 7) // 8], npipes)
         else:
             pipes = VECTOR_HASHES[hash_name](rows[:, :width], sym_len, npipes)
@@ -617,115 +594,3 @@ def _build(a: np.ndarray, start, close, pipes, npipes: int, scratch: Scratch | N
 
 def _empty(npipes: int) -> RouteBatch:
     return RouteBatch(runs=[None] * npipes, counts=[0] * npipes)
-
-
-# One object of the small lane and what follows it, as route_spans reads it: a prefix, compact
-# or spaced -- a one-byte ev and sym, an ev of 1-7 bytes and pair, or ev "C" and p -- and the
-# instrument up to the first quote (1..SYM_ROW-1 bytes; its group says which key); the object up
-# to the first "}"; then "," with at most one space, or the message's closing "]" -- followed by
-# "\n[" and the next message, or the end. Every byte is printable ASCII without a backslash
-# (else the general path decides), so "\n" is in none of the classes.
-_CH = rb"[ !#-\[\]-~]"  # a byte of a string without quote or backslash
-_SMALL_OBJECT = re.compile(
-    rb'((?:\{"ev":(?:"%s","sym":"| "%s", "sym": ")(%s{1,%d})"|'
-    rb'\{"ev":(?: "(?!status")%s{1,7}", "pair": "|"(?!status")%s{1,7}","pair":")(%s{1,%d})"|'
-    rb'\{"ev":(?:"C","p":"| "C", "p": ")(%s{1,%d})"'
-    rb")[ -\[\]-|~]*\})(, ?|\]\n\[|\]\Z)"
-    % (_CH, _CH, _CH, SYM_ROW - 1, _CH, _CH, _CH, SYM_ROW - 1, _CH, SYM_ROW - 1)
-)
-# _SMALL_OBJECT's first alternative, compact, alone: the real stocks feed's objects (its groups
-# the same, pair and p always empty)
-_COMPACT_SYM_OBJECT = re.compile(
-    rb'(\{"ev":"%s","sym":"(%s{1,%d})"()()[ -\[\]-|~]*\})(,|\]\n\[|\]\Z)' % (_CH, _CH, SYM_ROW - 1)
-)
-_SMALL_PATTERNS = (_COMPACT_SYM_OBJECT, _SMALL_OBJECT)  # (tried in this order)
-_LEN4 = [k.to_bytes(4, "little") for k in range(4096)]  # record headers, made once
-_OBJ, _SEP = itemgetter(0), itemgetter(4)  # of a _SMALL_OBJECT match: the object, what follows
-
-
-def route_small(
-    payloads: list, npipes: int, hash_name: str, cache: dict[bytes, int]
-) -> RouteBatch | None:
-    """The same as route_spans for a small batch of payloads, in plain Python; None if unusual.
-
-    For batches too small for numpy's fixed cost (a quiet feed's 1-5 trades per receive).
-    `cache` maps symbols to pipes across calls (symbols repeat; FNV in Python is slow).
-    small_runs does the work; this wraps its lists as a RouteBatch."""
-    got = small_runs(payloads, npipes, HASHES[hash_name], cache)
-    if got is None:
-        return None
-    runs, counts, used, n = got
-    return RouteBatch(runs, counts, n, n, [], 0, 0, 0, [], used)  # (positional: cheaper)
-
-
-def small_runs(
-    payloads: list, npipes: int, pick, cache: dict[bytes, int]
-) -> tuple[list, list[int], list[int], int] | None:
-    """route_small's batch as bare lists -- (runs, counts, used, trades), `pick` the hash
-    function (HASHES) -- for a caller that writes them at once (a trickle's receive, where
-    each step counts); None if unusual.
-
-    The messages are joined with "\n" (which no object can contain, so no match crosses from one
-    message into the next) and one regular-expression pass finds every object (_SMALL_OBJECT).
-    The matches never overlap, so they cover the text after its first "[" exactly when their
-    lengths add up to it: that is how anything else in a message (a gap) is caught.
-    """
-    # (one message, the usual receive of a quiet feed, is scanned where it lies)
-    text = payloads[0] if len(payloads) == 1 else b"\n".join(payloads)
-    if not text or text[0] != 91 or text[-1] != 93:  # "[...]"
-        return None
-    # The real feed's stocks objects first, by the shorter pattern (cheaper with cold caches, as
-    # a trickle's are); whatever it does not cover, by the whole one. (Where the short one covers
-    # the text, the whole one finds the same matches: its first alternative is the same.)
-    for pattern in _SMALL_PATTERNS:
-        found = pattern.findall(text, 1)
-        # (the objects' and separators' lengths added up in C: no step per trade)
-        if 1 + sum(map(len, map(_OBJ, found))) + sum(map(len, map(_SEP, found))) == len(text):
-            break
-    else:
-        # empty messages ("[]") hold no object to cover them: without them, once more
-        rest = [p for p in payloads if len(p) != 2 or p != b"[]"]
-        if len(rest) == len(payloads):
-            return None
-        return (
-            small_runs(rest, npipes, pick, cache)
-            if rest
-            else ([None] * npipes, [0] * npipes, [], 0)
-        )
-    runs: list = [None] * npipes
-    counts = [0] * npipes
-    used: list[int] = []
-    len4 = _LEN4
-    for obj, sym, pair, fx, _ in found:
-        if not sym:
-            # named by pair or p: unless the object has a sym key (or, for p, a pair key)
-            # further on (the placement rule, tb.route.fast_rules); none can be escaped here
-            if pair:
-                sym = pair
-                if b"y" in obj:
-                    return None
-            else:
-                sym = fx
-                if b"y" in obj or b"r" in obj:
-                    return None
-        try:
-            pipe = cache[sym]
-        except KeyError:
-            if len(cache) >= SYMBOL_CACHE_MAX:
-                cache.clear()
-            pipe = cache[sym] = pick(sym, npipes)
-        try:
-            record = len4[len(obj)] + obj
-        except IndexError:  # (an object of 4 KiB or more)
-            record = len(obj).to_bytes(4, "little") + obj
-        run = runs[pipe]
-        if run is None:  # (a pipe's first record is its run: one concatenation, no bytearray)
-            runs[pipe] = record
-            counts[pipe] = 1
-            used.append(pipe)
-        else:
-            if type(run) is bytes:  # a second record: from now on extended in place
-                run = runs[pipe] = bytearray(run)
-            run += record
-            counts[pipe] += 1
-    return runs, counts, used, len(found)

@@ -120,45 +120,39 @@ def wait_status(pid: int, timeout: float) -> int:
     pytest.fail("tb did not exit")
 
 
-def test_ctrl_c_in_a_terminal_flushes_everything_to_a_worker_that_dies_on_sigint(
-    tmp_path, capture, replay_factory
+def assert_delivered_after(text: str, rc: int, out: str, sent, what: str) -> None:
+    """tb exited 0 mid-burst and the workers got every record it routed, in order."""
+    assert rc == 0, text[-3000:]
+    final = final_line(text)
+    assert final["undelivered_at_exit"] == "0"
+    assert int(final["routed"]) < 100000 * REPEAT, f"the burst ended before {what}"
+    assert check_in_order(worker_results(out), sent, REPEAT) == int(final["routed"])
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "terminal-closed"])
+def test_a_terminal_stop_flushes_everything_to_a_worker_that_dies_on_sigint(
+    tmp_path, capture, replay_factory, how
 ):
+    """Ctrl-C signals the terminal's foreground process group; closing the terminal hangs it up
+    (SIGHUP). Either way the worker, in a group of its own, gets everything tb routed."""
     path, sent = capture
     replay = replay_factory(str(path), "--repeat", str(REPEAT), "--close-after")
     out, log = str(tmp_path / "w"), tmp_path / "tb.log"
     pid, master = spawn_in_pty(run_args(replay.url, out, tmp_path), log)
     try:
         wait_until(lambda: queued_in_stats(log), 60, "records queued mid-burst")
-        os.write(master, b"\x03")  # Ctrl-C: the terminal signals its foreground process group
+        if how == "ctrl-c":
+            os.write(master, b"\x03")
+        else:
+            os.close(master)
+            master = -1
         rc = wait_status(pid, 60)
     finally:
-        os.close(master)
+        if master >= 0:
+            os.close(master)
     text = log.read_text()
-    assert rc == 0, text[-3000:]
-    final = final_line(text)
-    assert final["undelivered_at_exit"] == "0"
-    assert int(final["routed"]) < 100000 * REPEAT, "the burst ended before Ctrl-C"
-    assert check_in_order(worker_results(out), sent, REPEAT) == int(final["routed"])
-    assert "SIGINT: stopping" in text
-
-
-def test_the_terminal_closing_is_a_hangup_and_still_loses_nothing(
-    tmp_path, capture, replay_factory
-):
-    path, sent = capture
-    replay = replay_factory(str(path), "--repeat", str(REPEAT), "--close-after")
-    out, log = str(tmp_path / "w"), tmp_path / "tb.log"
-    pid, master = spawn_in_pty(run_args(replay.url, out, tmp_path), log)
-    wait_until(lambda: queued_in_stats(log), 60, "records queued mid-burst")
-    os.close(master)  # the terminal goes away: SIGHUP for its session's foreground job
-    rc = wait_status(pid, 60)
-    text = log.read_text()
-    assert rc == 0, text[-3000:]
-    final = final_line(text)
-    assert "SIGHUP: stopping" in text
-    assert final["undelivered_at_exit"] == "0"
-    assert int(final["routed"]) < 100000 * REPEAT, "the burst ended before the hangup"
-    assert check_in_order(worker_results(out), sent, REPEAT) == int(final["routed"])
+    assert_delivered_after(text, rc, out, sent, how)
+    assert ("SIGINT" if how == "ctrl-c" else "SIGHUP") + ": stopping" in text
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
@@ -182,12 +176,7 @@ def test_a_signal_to_the_whole_process_group(tmp_path, capture, replay_factory, 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    text = log.read_text()
-    assert rc == 0, text[-3000:]
-    final = final_line(text)
-    assert final["undelivered_at_exit"] == "0"
-    assert int(final["routed"]) < 100000 * REPEAT, "the burst ended before the signal"
-    assert check_in_order(worker_results(out), sent, REPEAT) == int(final["routed"])
+    assert_delivered_after(log.read_text(), rc, out, sent, "the signal")
 
 
 def flush_with_a_dying_worker(tmp_path, capture, replay_factory, *extra: str):

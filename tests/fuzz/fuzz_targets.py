@@ -30,9 +30,9 @@ from harness import reference_route
 
 from tb.capture import MAGIC, CaptureError, read_capture
 from tb.feed import FeedError, Phase, Session
-from tb.route import RouteBatch, Router
+from tb.route import SPAN_PAD, RouteBatch, Router, Scratch
 from tb.route.hashing import HASHES
-from tb.route.spans import SPAN_PAD, Scratch, route_frames, route_small, route_spans
+from tb.route.spans import route_frames, route_spans
 from tb.ws import (
     Connection,
     InvalidHandshake,
@@ -584,6 +584,15 @@ def is_json(payload: bytes) -> bool:
     return True
 
 
+def route_small(router: Router, payloads: list) -> RouteBatch | None:
+    """The small lane's batch as a RouteBatch (None: declined)."""
+    got = router.small_runs(payloads)
+    if got is None:
+        return None
+    runs, counts, used, n = got
+    return RouteBatch(runs, counts, n, n, used=used)
+
+
 def run_spans(a: np.ndarray, starts, ends, npipes: int, hash_name: str) -> None:
     """route_spans / route_small on the spans a[starts[i]:ends[i]] against route_python.
 
@@ -616,10 +625,11 @@ def run_spans(a: np.ndarray, starts, ends, npipes: int, hash_name: str) -> None:
             raise
         check(a.tobytes() == before, "route_spans changed the arena")
         take("route_spans", got)
-    cache: dict[bytes, int] = {}
+    router = Router(npipes, hash=hash_name)
+    cache = router.pipe_cache
     views = [memoryview(a)[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
     for _ in range(2):  # twice: the second time from the symbol cache
-        take("route_small", route_small(views, npipes, hash_name, cache))
+        take("route_small", route_small(router, views))
     check(
         all(r == results[0] for r in results), f"route_spans/route_small disagree: {results!r:.600}"
     )

@@ -1,4 +1,4 @@
-"""The span router reproduces Router.route_python byte for byte, or declines (None)."""
+"""The feed-shaped lanes (span, frames, small) reproduce the reference byte for byte, or decline."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tb.gen import generate
-from tb.route import Router
+from tb.route import RouteBatch, Router
 from tb.route.batch import SYMBOL_CACHE_MAX
-from tb.route.spans import ROW, SPAN_PAD, route_frames, route_small, route_spans
+from tb.route.spans import ROW, SPAN_PAD, route_frames, route_spans
 from tb.ws import Opcode, encode_frame
 from tb.ws.scan import scan_data_frames
 
@@ -33,8 +33,14 @@ def arena_of(payloads: list[bytes], lead: int = 0):
     return np.frombuffer(arena, np.uint8), np.array(starts, np.int64), np.array(ends, np.int64)
 
 
-def small(payloads, npipes=5, hash_name="mixed"):
-    return route_small([memoryview(p) for p in payloads], npipes, hash_name, {})
+def small(payloads, npipes=5, hash_name="mixed", router=None):
+    """The small lane's batch (as a RouteBatch), or None when it declines."""
+    router = router or Router(npipes, hash=hash_name)
+    got = router.small_runs([memoryview(p) for p in payloads])
+    if got is None:
+        return None
+    runs, counts, used, n = got
+    return RouteBatch(runs, counts, n, n, used=used)
 
 
 def same(a, b) -> bool:
@@ -193,11 +199,11 @@ def test_most_random_batches_take_the_fast_path():
 
 
 def test_symbol_cache_stays_bounded():
-    cache: dict = {}
-    router = Router(7)
+    lane, router = Router(7), Router(7)
+    cache = lane.pipe_cache  # (the one cache every lane of a router fills)
     for start in range(0, SYMBOL_CACHE_MAX + 5000, 2000):
         payloads = [message([trade(f"O:X{k}", k) for k in range(start, start + 2000)])]
-        got = route_small([memoryview(p) for p in payloads], 7, "mixed", cache)
+        got = small(payloads, router=lane)
         assert got is not None and same(got, router.route_python(payloads))
         assert len(cache) <= SYMBOL_CACHE_MAX
     assert len(cache) < SYMBOL_CACHE_MAX  # it started over once

@@ -1,7 +1,7 @@
 """Kernel TLS (kTLS): the handshake in userspace, then the kernel decrypts and tb reads plaintext.
 
-Theory of operation: `tb.transport.connect` does the TLS handshake with Python's `ssl` (OpenSSL 3.0),
-then hands the record layer to the kernel before anything is read through the SSL object:
+Theory of operation: `tb.transport.connect` does the TLS handshake with Python's `ssl` (OpenSSL
+3.0), then hands the record layer to the kernel before anything is read through the SSL object:
 
 - TLS 1.2: the context carries SSL_OP_ENABLE_KTLS (0x8, `ssl.OP_ENABLE_KTLS` only from 3.12), so
   OpenSSL sets the "tls" TCP ULP and programs TLS_TX and TLS_RX itself at the end of the handshake.
@@ -35,7 +35,7 @@ import ssl
 import struct
 from dataclasses import dataclass
 
-from tb.transport import Transport, TransportError
+from tb.transport.base import Transport, TransportError
 
 __all__ = [
     "KTLSUnavailable",
@@ -301,8 +301,8 @@ class KTLSTransport(Transport):
                 return self._end(got, TransportError(_recv_error(exc)))
             # The kernel tags every record with its type when given a control buffer; one
             # read never mixes types, so one check per read covers all n bytes. Reading on
-            # until EAGAIN: one recvmsg stops at the records already complete (measured
-            # ~200 KiB a call at full speed), and bigger reads mean bigger routing batches.
+            # until EAGAIN: one recvmsg stops at the records already complete, and bigger
+            # reads mean bigger routing batches.
             if not anc or anc[0][2][0] == REC_DATA:
                 if n == 0:
                     return self._end(got, 0)
@@ -370,7 +370,8 @@ class KTLSTransport(Transport):
         raise TransportError(f"the server sent a TLS {kind} alert: {name} ({desc})")
 
     def send(self, data: bytes | memoryview) -> int:
-        """Send what the socket takes now (kernel-encrypted or through OpenSSL); 0 if it would block."""
+        """Send what the socket takes now (kernel-encrypted or through OpenSSL); 0 if it would
+        block."""
         try:
             return self._sender.send(data)
         except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError):

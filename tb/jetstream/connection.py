@@ -1,0 +1,198 @@
+"""Where the NATS server is and how to prove who we are, and the connection's one-line errors.
+
+The URL is `nats://HOST[:PORT]` or `tls://HOST[:PORT]` (several, comma separated, for a cluster).
+Credentials come from the URL (`nats://USER:PASSWORD@HOST`, `nats://TOKEN@HOST`), else from
+NATS_USER/NATS_PASSWORD or NATS_TOKEN, or from a credentials file (--creds, NATS_CREDS); TLS
+from `tls://` or --cafile (the server's certificate is verified, always). None of it is ever
+logged: `Target.shown` is the URL without its credentials, and it is all a log line names.
+
+nats-py reports a failed first connection as NoServersError whatever the cause; the cause came
+through its error callback just before, so connect() keeps the last one and says it: a refused
+or unreachable server (ExitCode.CONNECT), credentials the server refused (ExitCode.AUTH), a
+certificate that did not verify (ExitCode.TLS).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
+
+from tb.exitcode import ExitCode
+from tb.jetstream import NATS_MISSING, JetStreamError
+
+__all__ = ["Target", "parse_target", "connect"]
+
+log = logging.getLogger("tb.nats")
+
+DEFAULT_PORT = 4222
+
+
+@dataclass(slots=True)
+class Target:
+    """The servers to try, the credentials, and the URL as logs may show it."""
+
+    servers: list[str]
+    shown: str
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    creds: str | None = None
+    tls: ssl.SSLContext | None = None
+
+
+def _split(url: str) -> tuple[str, str, str | None, str | None]:
+    """(scheme, host:port, user, password) of one server URL; JetStreamError if malformed."""
+    parts = urlsplit(url if "://" in url else f"nats://{url}")
+    if parts.scheme not in ("nats", "tls"):
+        raise JetStreamError(
+            f"NATS URL must start with nats:// or tls://, not {parts.scheme}://", ExitCode.USAGE
+        )
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError:
+        raise JetStreamError("the NATS URL has a bad port", ExitCode.USAGE) from None
+    if not parts.hostname or parts.path not in ("", "/"):
+        raise JetStreamError(
+            "a NATS URL is nats://HOST[:PORT] or tls://HOST[:PORT]", ExitCode.USAGE
+        )
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    user = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password is not None else None
+    return parts.scheme, f"{host}:{port}", user, password
+
+
+def parse_target(
+    url: str, *, creds: str | None = None, cafile: str | None = None, env=os.environ
+) -> Target:
+    """The Target for `url` (comma-separated for several servers), credentials from the URL, else
+    the environment, else `creds`; JetStreamError(USAGE) for a malformed URL or unreadable file."""
+    schemes, hosts, user, password = set(), [], None, None
+    for one in url.split(","):
+        scheme, hostport, u, p = _split(one.strip())
+        schemes.add(scheme)
+        hosts.append(hostport)
+        user, password = user or u, password if password is not None else p
+    target = Target(servers=[], shown="")
+    if user is not None and password is None:
+        target.token = user  # nats://TOKEN@HOST
+    elif user is not None:
+        target.user, target.password = user, password
+    elif env.get("NATS_TOKEN"):
+        target.token = env["NATS_TOKEN"]
+    elif env.get("NATS_USER"):
+        target.user, target.password = env["NATS_USER"], env.get("NATS_PASSWORD", "")
+    creds = creds or env.get("NATS_CREDS") or None
+    if creds is not None:
+        if not os.access(creds, os.R_OK) or os.path.isdir(creds):
+            raise JetStreamError(f"cannot read the credentials file {creds}", ExitCode.USAGE)
+        target.creds = creds
+    if "tls" in schemes or cafile:
+        try:
+            target.tls = ssl.create_default_context(cafile=cafile)
+        except (ssl.SSLError, OSError) as exc:
+            why = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
+            raise JetStreamError(f"cannot use --cafile {cafile}: {why}", ExitCode.USAGE) from None
+    scheme = "tls" if target.tls is not None else "nats"
+    target.servers = [f"{scheme}://{h}" for h in hosts]
+    target.shown = ",".join(target.servers)
+    return target
+
+
+def _describe(errors: list[BaseException], target: Target) -> JetStreamError:
+    """The one line (and exit code) for a first connection that failed with `errors`."""
+    exc = errors[-1] if errors else None
+    text = str(exc) if exc is not None else "no server answered"
+    if any("authorization" in str(e).lower() for e in errors):
+        how = (
+            "the credentials file"
+            if target.creds
+            else "the token"
+            if target.token
+            else "the user and password"
+            if target.user
+            else "no credentials"
+        )
+        return JetStreamError(
+            f"NATS at {target.shown} refused the connection: authorization failed "
+            f"(tried {how}; credentials come from the URL, NATS_USER/NATS_PASSWORD, NATS_TOKEN "
+            "or --creds)",
+            ExitCode.AUTH,
+        )
+    if isinstance(exc, ssl.SSLError):
+        return JetStreamError(
+            f"TLS to NATS at {target.shown} failed: {getattr(exc, 'reason', None) or exc}",
+            ExitCode.TLS,
+        )
+    if isinstance(exc, OSError) and exc.errno:
+        text = os.strerror(exc.errno).lower()
+    elif not text or text.startswith("nats: "):
+        text = text.removeprefix("nats: ") or type(exc).__name__
+    return JetStreamError(f"cannot reach NATS at {target.shown}: {text}", ExitCode.CONNECT)
+
+
+async def connect(
+    target: Target,
+    *,
+    name: str,
+    on_disconnected: Callable[[], Awaitable[None]] | None = None,
+    on_reconnected: Callable[[], Awaitable[None]] | None = None,
+    connect_timeout: float = 2.0,
+):
+    """Connect (two tries per server), then reconnect forever; JetStreamError if the first fails.
+
+    Connection trouble after that is said once per disconnect and reconnect, never as a
+    traceback."""
+    try:
+        import nats
+    except ImportError:
+        raise JetStreamError(NATS_MISSING, ExitCode.USAGE) from None
+    last: list[BaseException] = []
+    connected = False
+    nc = None
+
+    async def on_error(exc: Exception) -> None:
+        last.append(exc)
+        if connected:
+            log.warning("NATS: %s", exc)
+
+    async def on_disconnect() -> None:
+        if connected and not nc.is_closed:
+            log.warning("NATS at %s: disconnected; reconnecting", target.shown)
+        if on_disconnected is not None:
+            await on_disconnected()
+
+    async def on_reconnect() -> None:
+        log.info("NATS: reconnected to %s", target.shown)
+        if on_reconnected is not None:
+            await on_reconnected()
+
+    options = dict(
+        servers=target.servers,
+        name=name,
+        connect_timeout=connect_timeout,
+        reconnect_time_wait=0.25,
+        max_reconnect_attempts=1,  # the first connection: two tries per server, then say why
+        error_cb=on_error,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+        pending_size=64 << 20,
+    )
+    if target.user is not None:
+        options.update(user=target.user, password=target.password)
+    if target.token is not None:
+        options["token"] = target.token
+    if target.creds is not None:
+        options["user_credentials"] = target.creds
+    if target.tls is not None:
+        options["tls"] = target.tls
+    try:
+        nc = await nats.connect(**options)
+    except Exception as exc:  # noqa: BLE001 -- nats-py raises many kinds; each is one line here
+        raise _describe(last or [exc], target) from None
+    connected = True
+    nc.options["max_reconnect_attempts"] = -1  # from now on: reconnect forever
+    return nc

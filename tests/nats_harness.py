@@ -1,0 +1,186 @@
+"""Helpers for the NATS tests (tests/jetstream): a real nats-server with JetStream on a free
+loopback port, tb processes watched while they run, and the worker's log read back."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from harness import reference_route, tb_cmd
+
+from tb.capture import read_capture
+
+NATS_SERVER = shutil.which("nats-server") or (
+    "/usr/sbin/nats-server" if os.access("/usr/sbin/nats-server", os.X_OK) else None
+)
+LOG_WORKER = str(Path(__file__).parent / "jetstream" / "log_worker.py")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class NatsServer:
+    """`nats-server -js` on 127.0.0.1:PORT with its store in a temporary directory."""
+
+    def __init__(self, store: Path, *extra: str) -> None:
+        self.store = store
+        self.port = free_port()
+        self.extra = extra
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store)]
+            + list(self.extra),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("nats-server did not start listening within 10 s")
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def nats_server(tmp_path):
+    if NATS_SERVER is None:
+        pytest.skip("nats-server is not installed here (apt-get install nats-server)")
+    server = NatsServer(tmp_path / "jetstream")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def nats_factory(tmp_path):
+    if NATS_SERVER is None:
+        pytest.skip("nats-server is not installed here (apt-get install nats-server)")
+    made: list[NatsServer] = []
+
+    def make(*extra: str) -> NatsServer:
+        server = NatsServer(tmp_path / f"jetstream{len(made)}", *extra)
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        server.stop()
+
+
+class Proc:
+    """A tb process whose stderr is collected line by line while it runs."""
+
+    def __init__(self, args: list[str], env: dict | None = None) -> None:
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("NATS_")}
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(
+            tb_cmd(*args), stderr=subprocess.PIPE, text=True, env=full_env, start_new_session=True
+        )
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=self._collect, daemon=True)
+        self.thread.start()
+
+    def _collect(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            pytest.fail(f"{self.proc.args[3:5]} did not finish:\n" + "".join(self.lines[-30:]))
+        self.thread.join(5)
+        return rc
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def final(self, prefix: str) -> dict[str, str]:
+        line = [ln for ln in self.lines if ln.startswith(prefix)][-1]
+        return dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+
+
+def wait_until(pred, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def logged(path: Path) -> list[dict]:
+    """The log worker's lines so far (a torn last line, from a kill, is left out)."""
+    if not path.exists():
+        return []
+    out = []
+    with open(path) as f:
+        for line in f:
+            if line.endswith("\n"):
+                out.append(json.loads(line))
+    return out
+
+
+def count_lines(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with open(path, "rb") as f:
+        return sum(buf.count(b"\n") for buf in iter(lambda: f.read(1 << 20), b""))
+
+
+def expected_pipes(capture: Path, npipes: int) -> list[list[bytes]]:
+    """Each pipe's records, as tb run writes them (the reference model of tests/harness.py)."""
+    messages = [bytes(m) for m in read_capture(str(capture))]
+    docs = [json.loads(m) for m in messages]
+    pipes, _, _ = reference_route(messages, docs, npipes, "mixed")
+    return pipes
+
+
+def worker_pipes(log: list[dict], npipes: int) -> list[list[bytes]]:
+    out: list[list[bytes]] = [[] for _ in range(npipes)]
+    for r in log:
+        out[r["partition"]].append(r["raw"].encode())
+    return out
+
+
+def log_worker(path: Path) -> list[str]:
+    return [sys.executable, LOG_WORKER, str(path)]
