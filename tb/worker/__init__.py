@@ -15,6 +15,7 @@ Every error about the pipes is a tb.pipes.PipeError with a one-line message.
 """
 
 from tb.pipes.errors import PipeError
+from tb.pipes.gap import GAP_EVENT, is_gap
 from tb.pipes.reader import MAX_RECORD, PipeBuffers, fds_from_env, read_batches, read_records
 from tb.worker.aio import aread_records
 from tb.worker.decode import DECODER, decode_batch, loads
@@ -22,6 +23,8 @@ from tb.worker.sequence import Anomaly, SequenceCheck
 from tb.worker.serve import SubWorker, serve
 
 __all__ = [
+    "GAP_EVENT",
+    "is_gap",
     "DECODER",
     "MAX_RECORD",
     "Anomaly",
