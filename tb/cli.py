@@ -189,6 +189,7 @@ def add_run_arguments(p: argparse.ArgumentParser, *, positional: bool = True) ->
         "--max-spill",
         type=parse_size,
         default=8 << 30,
+        metavar="SIZE",
         help="with --on-overflow spill: bound on bytes in all spools together (default 8G)",
     )
     p.add_argument(
