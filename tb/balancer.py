@@ -43,6 +43,7 @@ from tb.loop import Loop, choose_loop
 from tb.metrics import MetricsError, MetricsServer
 from tb.pipes import PipeError, PipeWriter, open_pipes
 from tb.pipes.gap import encode_gap
+from tb.pipes.spool import open_spools, sweep_stale
 from tb.route import Plan, Router
 from tb.sched import DEFAULT_SLICE_US, request_slice
 from tb.signals import StopSignals
@@ -87,7 +88,10 @@ class RunConfig:
     ping_interval: float = 20.0  # client pings this often while connected (0: never)
     idle_timeout: float = 60.0  # nothing at all received for this long: the peer is gone
     on_overflow: str = "block"  # block | exit, once the bound has held for overflow_timeout
-    overflow_timeout: float = 30.0
+    overflow_timeout: float = 30.0  # (spill: past the bound, to spool files in spill_dir)
+    spill_dir: str | None = None  # None: the work dir
+    max_spill: int = 8 << 30  # bytes in all spools together; past it, on_spill_full
+    on_spill_full: str = "block"  # block | exit: on_overflow's policies once the spool is full
     stall_warning: float = 10.0  # warn when a pipe's queue has not moved for this long (0: never)
     restart: str = "on-failure"  # always | on-failure | never
     max_restarts: int = 10  # more restarts than this within restart_window: give up (exit 4)
@@ -143,6 +147,35 @@ class Balancer:
         finally:
             if self.metrics is not None:
                 self.metrics.close()
+            if self.writer is not None:
+                self.writer.close_spools()  # (spool files never outlive the run)
+
+    def _open_spools(self):
+        """--on-overflow spill: say what a dead run left in the spill directory (and remove it),
+        then create this run's spools; None (said) if the directory cannot hold them."""
+        cfg = self.cfg
+        where = cfg.spill_dir or cfg.workdir
+        for path, size in sweep_stale(where):
+            log.warning(
+                "found a stale spool %s (%d bytes) left by a run that did not exit cleanly;"
+                " discarded (its records were lost with that run)",
+                path,
+                size,
+            )
+        try:
+            spools = open_spools(where, cfg.pipes)
+        except PipeError as exc:
+            log.error("%s", exc)
+            return None
+        log.info(
+            "past --max-buffer %d MiB, records spill to %s (up to --max-spill %d MiB; then"
+            " --on-spill-full %s)",
+            cfg.max_buffer >> 20,
+            os.path.abspath(where),
+            cfg.max_spill >> 20,
+            cfg.on_spill_full,
+        )
+        return spools
 
     def _run(self) -> int:
         cfg = self.cfg
@@ -170,12 +203,21 @@ class Balancer:
         except PipeError as exc:
             log.error("%s", exc)
             return ExitCode.WORKER
+        spools = None
+        if cfg.on_overflow == "spill":
+            spools = self._open_spools()
+            if spools is None:
+                for fd in (*self.pipeset.read_fds, *self.pipeset.write_fds):
+                    os.close(fd)
+                return ExitCode.USAGE
         self.writer = PipeWriter(
             self.loop,
             self.pipeset.write_fds,
             max_buffer=cfg.max_buffer,
             on_drain=self._on_drain,
             splice=cfg.splice,
+            spools=spools,
+            max_spill=cfg.max_spill,
         )
         self.supervisor = Supervisor(
             self.loop,
@@ -205,7 +247,11 @@ class Balancer:
         # collector's scans, so a full collection mid-stream costs microseconds, not milliseconds.
         gc.freeze()
         try:
-            self.loop.run()
+            try:
+                self.loop.run()
+            except PipeError as exc:  # (a pipe or a spool that failed under the writer)
+                log.error("%s", exc)
+                self.stop(ExitCode.ERROR)
             return self._finish()  # our handlers stay: a second signal during the flush exits
         finally:
             self.signals.restore()
@@ -395,12 +441,14 @@ class Balancer:
         cfg = self.cfg
         if held < cfg.overflow_timeout:
             return
-        if cfg.on_overflow == "exit":
+        policy = cfg.on_spill_full if cfg.on_overflow == "spill" else cfg.on_overflow
+        if policy == "exit":
             log.error(
                 "the pipes have been full for %.0f s (%d MiB queued): the worker cannot keep up;"
-                " exiting (--on-overflow exit)",
+                " exiting (%s exit)",
                 held,
                 self.writer.queued_bytes >> 20,
+                "--on-spill-full" if cfg.on_overflow == "spill" else "--on-overflow",
             )
             self.stop(ExitCode.OVERFLOW)
         elif now - self.overflow_warned >= cfg.overflow_timeout:
@@ -459,11 +507,23 @@ class Balancer:
     def _pause_for_backpressure(self) -> None:
         if not self.reading:
             return
-        log.warning(
-            "%d MiB queued for the pipes (bound %d MiB): pausing the socket until the worker catches up",
-            self.writer.queued_bytes >> 20,
-            self.cfg.max_buffer >> 20,
-        )
+        w = self.writer
+        if w.spill_refused:
+            log.warning(
+                "%s; %d MiB queued in memory (bound %d MiB), %d MiB spooled: pausing the socket"
+                " until the worker catches up (--on-spill-full %s)",
+                w.spill_refused,
+                (w.queued_bytes - w.spool_bytes) >> 20,
+                self.cfg.max_buffer >> 20,
+                w.spool_bytes >> 20,
+                self.cfg.on_spill_full,
+            )
+        else:
+            log.warning(
+                "%d MiB queued for the pipes (bound %d MiB): pausing the socket until the worker catches up",
+                w.queued_bytes >> 20,
+                self.cfg.max_buffer >> 20,
+            )
         self._pause_reading()
         self.paused_since = self.overflow_warned = time.monotonic()
         self.c.pauses += 1
@@ -498,6 +558,10 @@ class Balancer:
             queued_records=w.queued_records if w else 0,
             queued_bytes=w.queued_bytes if w else 0,
             queued_bytes_per_pipe=list(w.queued_bytes_per_pipe) if w else [],
+            spilled_bytes=w.spilled_bytes if w else 0,
+            spool_bytes=w.spool_bytes if w else 0,
+            spool_bytes_per_pipe=w.spool_bytes_per_pipe if w else [],
+            spill_s=w.spill_s if w else 0.0,
             state=state,
             worker_alive=sup is not None and sup.running,
             log_write_errors=sink().errors,

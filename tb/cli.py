@@ -184,10 +184,34 @@ def add_run_arguments(p: argparse.ArgumentParser, *, positional: bool = True) ->
     )
     p.add_argument(
         "--on-overflow",
-        choices=["block", "exit"],
+        choices=["block", "exit", "spill"],
         default="block",
         help="when the bound has held for --overflow-timeout: block (keep the socket paused, warn;"
-        " the default) or exit (code 7)",
+        " the default) or exit (code 7); spill: never pause at the bound, append each pipe's"
+        " overflow to a spool file in --spill-dir and feed it to the pipe, in order, as the worker"
+        " catches up; past --max-spill (or if the disk fails) keep the rest in memory up to the"
+        " bound, then --on-spill-full",
+    )
+    p.add_argument(
+        "--spill-dir",
+        metavar="DIR",
+        help="with --on-overflow spill: where the spool files go, one per pipe (default: --workdir)."
+        " Removed at exit; a stale one a crashed run left is removed at start, and said",
+    )
+    p.add_argument(
+        "--max-spill",
+        type=parse_size,
+        default=8 << 30,
+        metavar="SIZE",
+        help="with --on-overflow spill: bound on bytes in all spools together (default 8G)",
+    )
+    p.add_argument(
+        "--on-spill-full",
+        choices=["block", "exit"],
+        default="block",
+        help="with --on-overflow spill, once the spool cannot take more and the memory bound has"
+        " held for --overflow-timeout: block (the socket stays paused, warn; the default) or exit"
+        " (code 7)",
     )
     p.add_argument(
         "--overflow-timeout",
@@ -369,6 +393,16 @@ def _run_config(args: argparse.Namespace, worker: list[str]):
     if not os.path.isdir(args.workdir):
         raise CLIError(f"--workdir {args.workdir} is not a directory")
     check_cafile(args.cafile)
+    spill_dir = getattr(args, "spill_dir", None)
+    if args.on_overflow == "spill":
+        from tb.pipes.spool import SpoolError, check_dir
+
+        try:
+            check_dir(spill_dir or args.workdir, "--spill-dir" if spill_dir else "--workdir")
+        except SpoolError as exc:
+            raise CLIError(f"{exc} (--on-overflow spill writes its spool files there)") from None
+    elif spill_dir is not None:
+        raise CLIError("--spill-dir needs --on-overflow spill")
     key, source = _resolve_key(args)
     plan = read_plan(args.plan, args.pipes, args.hash) if args.plan else None
     return RunConfig(
@@ -397,6 +431,9 @@ def _run_config(args: argparse.Namespace, worker: list[str]):
         restart=args.restart,
         on_overflow=args.on_overflow,
         overflow_timeout=args.overflow_timeout,
+        spill_dir=spill_dir,
+        max_spill=args.max_spill,
+        on_spill_full=args.on_spill_full,
         stall_warning=args.stall_warning,
         ping_interval=args.ping_interval,
         idle_timeout=args.idle_timeout,

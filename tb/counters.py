@@ -59,6 +59,10 @@ class Snapshot:
     queued_records: int = 0
     queued_bytes: int = 0
     queued_bytes_per_pipe: list[int] = field(default_factory=list)
+    spilled_bytes: int = 0  # bytes ever written to the spools (--on-overflow spill)
+    spool_bytes: int = 0  # of queued_bytes, those in the spools now (on disk)
+    spool_bytes_per_pipe: list[int] = field(default_factory=list)
+    spill_s: float = 0.0  # time during which the spools held records
     state: str = "connecting"  # connecting | streaming | paused | disconnected
     worker_alive: bool = False
     log_write_errors: int = 0
@@ -95,6 +99,7 @@ def format_counters(s: Snapshot) -> str:
         + ("" if s.plan_share is None else f" plan_share={s.plan_share * 100:.1f}%")
         + f" state={s.state} gap_records={c.gap_records}"
         f" undelivered_at_exit={c.undelivered_at_exit} log_write_errors={s.log_write_errors}"
+        f" spilled_bytes={s.spilled_bytes} spool_bytes={s.spool_bytes} spill_s={s.spill_s:.2f}"
     )
 
 

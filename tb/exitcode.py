@@ -39,8 +39,8 @@ _MEANINGS = {
     "the NATS server is unreachable)",
     ExitCode.TLS: "TLS setup failed: the certificate did not verify, or --tls ktls is not "
     "available here",
-    ExitCode.OVERFLOW: "--on-overflow exit: the pipes stayed full for longer than "
-    "--overflow-timeout",
+    ExitCode.OVERFLOW: "--on-overflow exit (or --on-spill-full exit): the pipes (and the spool) "
+    "stayed full for longer than --overflow-timeout",
     ExitCode.UNDELIVERED: "records tb routed were never delivered to a worker (the worker stopped "
     "reading or died and could not be restarted before --shutdown-timeout); the final line's "
     "undelivered_at_exit says how many",

@@ -98,7 +98,10 @@ class _Collector:
             ("tb_socket_pauses", "Times the socket was paused for backpressure.", c.pauses),
             ("tb_socket_paused_seconds", "Time the socket was paused.", c.paused_s),
             ("tb_gap_records", "tb.gap records written (--gap-records).", c.gap_records),
-        ]
+            ("tb_spilled_bytes", "Bytes written to the spool files (--on-overflow spill).",
+             s.spilled_bytes),
+            ("tb_spill_seconds", "Time during which the spool files held records.", s.spill_s),
+        ]  # fmt: skip
         for name, doc, value in counters:
             yield CounterMetricFamily(name, doc, value=value)
         queued = GaugeMetricFamily(
@@ -107,6 +110,12 @@ class _Collector:
         for i, n in enumerate(s.queued_bytes_per_pipe):
             queued.add_metric([str(i)], n)
         yield queued
+        spool = GaugeMetricFamily(
+            "tb_spool_bytes", "Bytes in a pipe's spool file, not yet read back.", labels=["pipe"]
+        )
+        for i, n in enumerate(s.spool_bytes_per_pipe):
+            spool.add_metric([str(i)], n)
+        yield spool
         share = GaugeMetricFamily(
             "tb_pipe_share", "A pipe's share of the records written (0-1).", labels=["pipe"]
         )

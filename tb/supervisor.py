@@ -289,8 +289,12 @@ class Supervisor:
                 return
             before = sum(writer.written_bytes)
             t = time.monotonic()
-            if writer.flush(min(0.2, timeout)):
-                continue  # all written: see whether the worker is still there to read it
+            try:
+                if writer.flush(min(0.2, timeout)):
+                    continue  # all written: see whether the worker is still there to read it
+            except PipeError as exc:  # (a broken pipe, a spool that cannot be read back)
+                log.error("%s", exc)
+                break
             if sum(writer.written_bytes) != before:
                 stalled = 0.0
             else:

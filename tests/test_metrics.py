@@ -261,3 +261,30 @@ def test_feed_lag_is_now_minus_the_newest_trades_exchange_time(tmp_path):
         tb.wait(30)
     finally:
         replay.stop()
+
+
+def test_spilling_shows_in_the_metrics_and_agrees_with_the_final_line(tmp_path):
+    replay = Replay("--gen-trades", "200000")
+    port = free_port()
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    # a worker that reads nothing: past --max-buffer the records go to the spools, not a pause
+    tb = start_tb(replay.url, port, tmp_path, "--max-buffer", "2M", "--on-overflow", "spill",
+                  "--spill-dir", str(spill), "--shutdown-timeout", "1",
+                  worker=[sys.executable, "-c", "import time; time.sleep(60)"])  # fmt: skip
+    try:
+        m = wait_for(
+            lambda: (m := scrape(port)).get("tb_trades_routed_total") == 200000 and m, 30, "routed"
+        )
+        spooled = [v for k, v in m.items() if k.startswith("tb_spool_bytes{pipe=")]
+        assert len(spooled) == 4 and sum(spooled) > 0
+        assert m["tb_spilled_bytes_total"] >= sum(spooled)
+        assert m["tb_spill_seconds_total"] > 0
+        assert m["tb_socket_paused"] == 0 and m["tb_socket_pauses_total"] == 0
+        assert get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+        tb.proc.terminate()
+        assert tb.wait(30) == 8  # (the worker never read: counted as undelivered)
+    finally:
+        replay.stop()
+    final = parse_line([ln for ln in tb.lines if "tb: final" in ln][-1])
+    assert m["tb_spilled_bytes_total"] == int(final["spilled_bytes"])

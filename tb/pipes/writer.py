@@ -16,8 +16,20 @@ Invariants:
 - Every byte submitted is either written (written_bytes), queued (queued_bytes) or reported in a
   PipeError. Nothing is dropped silently.
 
-Back-pressure: over_limit() says the caller should stop reading its socket (queued_bytes >=
-max_buffer); once the queue has drained below max_buffer/2, on_drain() is called once.
+Back-pressure: over_limit() says the caller should stop reading its socket (the bytes queued in
+memory >= max_buffer); once they have drained below max_buffer/2, on_drain() is called once.
+
+Spilling (given spools, tb.pipes.spool): a run that would queue behind a pipe while the memory
+queues hold max_buffer goes to that pipe's spool file instead, and so does every later run for the
+pipe until its spool is empty again. The pipe's order is memory queue, then spool, then newer
+runs: when its memory queue runs low, whole segments are read back from the spool and queued
+behind it, and a pipe whose spool holds anything always has a memory queue (so a direct write can
+never overtake the spool). Spooled bytes and records are part of queued_bytes and
+queued_records (they are routed and not yet written), and spool_bytes says how much of that is on
+disk. When the spool refuses a run (--max-spill reached, or the file system failed), the run is
+kept in memory (behind the spool file if it holds anything, so order is kept), spill_refused says
+why, and over_limit() holds once memory reaches max_buffer: the caller's fallback (pause) applies.
+Nothing is dropped. Without spools none of this runs: a queued run costs one test more.
 
 Splicing (Linux vmsplice): a run that lies in an output buffer the writer handed out
 (output_buffer) is not copied into the pipe: the pipe takes references to its pages, and the
@@ -36,6 +48,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import logging
 import math
 import os
 import select
@@ -51,6 +64,9 @@ import numpy as np
 
 from tb.loop import Loop
 from tb.pipes.errors import PipeError
+from tb.pipes.spool import Spool
+
+log = logging.getLogger("tb.pipes")
 
 __all__ = ["PipeWriter", "IOV_MAX", "SPLICE_MIN", "vmsplice_problem"]
 
@@ -201,6 +217,8 @@ class PipeWriter:
         max_buffer: int = 1 << 30,
         on_drain: Callable[[], None] | None = None,
         splice: bool = True,
+        spools: list[Spool] | None = None,
+        max_spill: int = 1 << 33,
     ) -> None:
         n = len(write_fds)
         self.loop = loop
@@ -228,6 +246,21 @@ class PipeWriter:
         self._pool: list[_Pinned] = []
         self._handed: _Pinned | None = None
         self._iov = _Iovec()
+        # spilling (see the module docstring): None without spools
+        self._spools = spools
+        self._spill_run = self._spill if spools else None
+        self.max_spill = max_spill
+        self.spool_bytes = 0  # bytes in the spool files not read back (part of queued_bytes)
+        self.spilled_bytes = 0  # bytes ever appended to a spool
+        self.spilled_records = 0
+        self.spill_refused = ""  # why runs are kept in memory though spilling is on ('' if not)
+        self._spill_failed = ""  # a spool write failed: no appends until the spools are empty
+        self._spill_s = 0.0
+        self._spilling_since: float | None = None
+        self._behind: list[deque[_Chunk]] = [deque() for _ in range(n)]  # after a spool file
+        self._behind_bytes = [0] * n
+        # read back this much at once, when a pipe's memory queue is shorter than that
+        self._refill_size = max(64 << 10, min(4 << 20, max_buffer // (4 * max(1, n))))
 
     # -- splicing -------------------------------------------------------------------------------
     def output_buffer(self, n: int) -> np.ndarray | None:
@@ -309,7 +342,7 @@ class PipeWriter:
         pinned = self._handed
         spliceable = pinned.view if pinned is not None else None
         # (locals: a quiet feed's batch is a few small runs, and its time is per bytecode)
-        fds, queues = self.fds, self._queues
+        fds, queues, spill = self.fds, self._queues, self._spill_run
         written_bytes, written_records, write = self.written_bytes, self.written_records, os.write
         writes = 0
         for i in range(len(runs)) if used is None else used:
@@ -317,7 +350,10 @@ class PipeWriter:
             if not run:
                 continue
             if queues[i]:
-                self._enqueue(i, _detach(run, 0), 0, counts[i])  # behind what is queued
+                if spill is None:
+                    self._enqueue(i, _detach(run, 0), 0, counts[i])  # behind what is queued
+                else:
+                    spill(i, run, counts[i])  # behind what is queued, or in its spool
                 continue
             size = len(run)
             writes += 1
@@ -346,7 +382,7 @@ class PipeWriter:
                 continue
             self._short(i, run, n, counts[i])
         self.writes += writes
-        if self.queued_bytes >= self.max_buffer:
+        if self.queued_bytes - self.spool_bytes >= self.max_buffer:
             self._over = True
         if error is not None:
             raise error
@@ -379,7 +415,7 @@ class PipeWriter:
                 written_records[i] += counts[i]
                 continue
             self._short(i, run, n, counts[i])
-        if self.queued_bytes >= self.max_buffer:
+        if self.queued_bytes - self.spool_bytes >= self.max_buffer:
             self._over = True
         if error is not None:
             raise error
@@ -402,6 +438,109 @@ class PipeWriter:
         self.queued_bytes_per_pipe[i] += left
         self.queued_records += records
 
+    # -- spilling -------------------------------------------------------------------------------
+    def _spill(self, i: int, run: Buffer, records: int) -> None:
+        """Queue `run` behind pipe i's queue: in memory while the memory queues hold less than
+        max_buffer and the pipe's spool is empty, else in its spool (or, if the spool refuses, in
+        memory behind the spool's contents)."""
+        spool = self._spools[i]
+        n = len(run)
+        if self._behind[i]:  # the spool refused earlier: what follows waits behind that
+            self._keep_behind(i, run, records)
+            return
+        if not spool.size and self.queued_bytes - self.spool_bytes + n <= self.max_buffer:
+            self._enqueue(i, _detach(run, 0), 0, records)
+            return
+        why = self._spill_failed
+        if not why and self.spool_bytes + n > self.max_spill:
+            why = f"the spool is full (--max-spill {self.max_spill >> 20} MiB)"
+        if not why:
+            try:
+                spool.append(run, records)
+            except OSError as exc:
+                why = self._spill_failed = f"cannot write {spool.path}: {exc.strerror or exc}"
+                log.error(
+                    "%s; keeping what the spool cannot take in memory (up to --max-buffer, then"
+                    " the socket pauses); nothing is dropped",
+                    why,
+                )
+            else:
+                if not self.spool_bytes:
+                    self._spilling_since = time.monotonic()
+                self.spool_bytes += n
+                self.spilled_bytes += n
+                self.spilled_records += records
+                self.queued_bytes += n
+                self.queued_bytes_per_pipe[i] += n
+                self.queued_records += records
+                if not any(self._behind_bytes):
+                    self.spill_refused = ""
+                return
+        self.spill_refused = why
+        if spool.size:
+            self._keep_behind(i, run, records)
+        else:
+            self._enqueue(i, _detach(run, 0), 0, records)
+
+    def _keep_behind(self, i: int, run: Buffer, records: int) -> None:
+        """Keep `run` in memory after what pipe i's spool file holds."""
+        data = _detach(run, 0)
+        self._behind[i].append(_Chunk(data, 0, records))
+        n = len(data)
+        self._behind_bytes[i] += n
+        self.queued_bytes += n
+        self.queued_bytes_per_pipe[i] += n
+        self.queued_records += records
+        self.spill_refused = self.spill_refused or "the spool refused earlier records"
+
+    def _refill(self, i: int) -> None:
+        """Pipe i's memory queue runs low: queue the oldest of its spool behind it (whole
+        segments), then what was kept behind the spool once the spool is empty."""
+        spool, queue = self._spools[i], self._queues[i]
+        low = self._refill_size
+        while (
+            self.queued_bytes_per_pipe[i] - spool.size - self._behind_bytes[i] < low
+        ):  # (the bytes of the memory queue)
+            if spool.size:
+                try:
+                    data, records = spool.read(low)
+                except OSError as exc:
+                    raise PipeError(
+                        f"pipe {i}: cannot read its spool {spool.path} back"
+                        f" ({exc.strerror or exc}); {spool.records} records not written"
+                    ) from None
+                self.spool_bytes -= len(data)
+                queue.append(_Chunk(memoryview(data), 0, records))
+                if not self.spool_bytes:
+                    self._spill_s += time.monotonic() - self._spilling_since
+                    self._spilling_since = None
+                    self._spill_failed = ""  # (the disk may have room again: try it next time)
+                continue
+            behind = self._behind[i]
+            if behind:
+                queue.extend(behind)
+                behind.clear()
+                self._behind_bytes[i] = 0
+            break
+
+    def _drained(self) -> None:
+        """The memory queues drained below half the bound: let the spool be tried again."""
+        if not any(self._behind_bytes):
+            self.spill_refused = ""  # (the next refusal says so again)
+        if not self.spool_bytes:
+            self._spill_failed = ""  # (the disk may have room again)
+
+    @property
+    def spill_s(self) -> float:
+        """Seconds during which some spool held records (so far)."""
+        since = self._spilling_since
+        return self._spill_s + (time.monotonic() - since if since is not None else 0.0)
+
+    @property
+    def spool_bytes_per_pipe(self) -> list[int]:
+        """Bytes in each pipe's spool file, not read back."""
+        return [s.size for s in self._spools] if self._spools else [0] * len(self.fds)
+
     # -- draining -------------------------------------------------------------------------------
     def _write_queued(self, i: int) -> None:
         """The pipe is writable: one writev of up to IOV_MAX queued chunks, in order."""
@@ -422,10 +561,14 @@ class PipeWriter:
         if n < sum(map(len, iov)):
             self.partial_writes += 1
         self._consume(i, n)
+        if self._spools is not None and self.queued_bytes_per_pipe[i]:
+            self._refill(i)
         if not queue:
             self.loop.remove_writer(fd)
-        if self._over and self.queued_bytes < self.max_buffer / 2:
+        if self._over and self.queued_bytes - self.spool_bytes < self.max_buffer / 2:
             self._over = False
+            if self._spools is not None:
+                self._drained()
             if self.on_drain is not None:
                 self.on_drain()
 
@@ -491,6 +634,8 @@ class PipeWriter:
             self.written_records[i] += 1
             if head.off == len(head.data):
                 queue.popleft()
+                if self._spools is not None:
+                    self._refill(i)
             lost, keep = 1, b""
         else:
             boundary = len(data) - partial
@@ -528,12 +673,18 @@ class PipeWriter:
 
     # -- back-pressure, shutdown ----------------------------------------------------------------
     def queued_records_in(self, i: int) -> int:
-        """How many records wait in pipe i's queue."""
-        return sum(chunk.records for chunk in self._queues[i])
+        """How many records wait in pipe i's queue (and its spool)."""
+        n = sum(chunk.records for chunk in self._queues[i])
+        if self._spools is not None:
+            n += self._spools[i].records + sum(chunk.records for chunk in self._behind[i])
+        return n
 
     def over_limit(self) -> bool:
-        """True while queued_bytes >= max_buffer: the caller should stop reading its socket."""
-        if self.queued_bytes >= self.max_buffer:
+        """True while the bytes queued in memory reach max_buffer (and, when spilling, the spool
+        refuses more): the caller should stop reading its socket."""
+        if self.queued_bytes - self.spool_bytes >= self.max_buffer and (
+            self._spools is None or self.spill_refused
+        ):
             self._over = True
             return True
         return False
@@ -567,7 +718,8 @@ class PipeWriter:
                 self._write_queued(index[fd])
 
     def close(self) -> None:
-        """Stop watching and close the write ends. Whatever is still queued stays in the counters."""
+        """Stop watching, close the write ends, remove the spools. Whatever is still queued (or
+        spooled) stays in the counters."""
         if self._closed:
             return
         self._closed = True
@@ -575,3 +727,13 @@ class PipeWriter:
             if self._queues[i]:
                 self.loop.remove_writer(fd)
             os.close(fd)
+        self.close_spools()
+
+    def close_spools(self) -> None:
+        """Remove the spool files (again: nothing)."""
+        if self._spools is not None:
+            if self._spilling_since is not None:
+                self._spill_s = self.spill_s
+                self._spilling_since = None
+            for spool in self._spools:
+                spool.close()
