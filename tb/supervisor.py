@@ -86,6 +86,7 @@ class Supervisor:
         self._deaths: list[float] = []  # when workers died, within the policy's window
         self._delay = 0.1
         self._handled = True  # the current worker's death has been dealt with (or it lives)
+        self._restart_due = False  # the policy allowed a restart that has not happened yet
         # pipe -> [its written_bytes when last seen moving, when, warned]: pipes with a queue
         self._stalls: dict[int, list] = {}
 
@@ -124,18 +125,18 @@ class Supervisor:
         if self.worker.poll() is None:
             return
         rc = self._bury()
-        if rc is None:
+        if rc is None or not self._may_restart(rc):
             return
+        self._restart_due = True
         if self.stopping:
-            return  # shutdown() restarts it if records still wait
-        if not self._may_restart(rc):
-            return
+            return  # shutdown()'s flush starts it if records still wait
         delay = self._next_delay()
         log.warning("restarting the worker in %.1f s (records keep queueing meanwhile)", delay)
         self.loop.call_later(delay, self._restart)
 
     def _restart(self) -> None:
-        if not self.stopping:
+        if not self.stopping and self._restart_due:
+            self._restart_due = False
             self.start()
 
     def _bury(self) -> int | None:
@@ -276,10 +277,13 @@ class Supervisor:
         stalled = 0.0
         while True:
             if not self.alive:
-                rc = self._bury()
+                rc = self._bury()  # (None: its death was judged already, on the loop)
+                if rc is not None and self._may_restart(rc):
+                    self._restart_due = True
                 if not self._records_waiting():
                     return
-                if rc is not None and not self.gave_up and self._may_restart(rc):
+                if self._restart_due and not self.gave_up:
+                    self._restart_due = False
                     log.warning("restarting the worker to finish the flush")
                     time.sleep(self._next_delay())
                     if self.start():

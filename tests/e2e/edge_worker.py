@@ -5,8 +5,9 @@ pipe it writes what it got.
 Usage (as tb starts it): python edge_worker.py OUT [--exit-after N --hold PATH] FD0 FD1 ...
 - OUT.<pid>.json is written at the end: {"count": n, "ids": {sym: [trade id, ...]}} in the order
   read; OUT.<pid>.progress holds the count read so far (rewritten every 1,000 records).
-- --exit-after N --hold PATH: after N records, wait until PATH exists, then write OUT and exit 3
-  (only the first worker of a run does: it leaves OUT.died behind, and later ones read to EOF).
+- --exit-after N --hold PATH [--deaths D]: after N records, wait until PATH exists, then write
+  OUT and exit 3 -- the first D workers of a run do (default 1: each leaves OUT.died.K and
+  OUT.died behind); later ones read to EOF.
 SIGINT, SIGTERM and SIGHUP have their default action: any of them kills this worker at once.
 """
 
@@ -34,10 +35,20 @@ def main() -> int:
     args = sys.argv[1:]
     out = args.pop(0)
     exit_after, hold = None, None
+    deaths = 1
     if args[:1] == ["--exit-after"]:
         exit_after, hold = int(args[1]), args[3]
         args = args[4:]
-        if os.path.exists(out + ".died"):
+        if args[:1] == ["--deaths"]:
+            deaths, args = int(args[1]), args[2:]
+        died = len(
+            [
+                n
+                for n in os.listdir(os.path.dirname(out) or ".")
+                if n.startswith(os.path.basename(out) + ".died.")
+            ]
+        )
+        if died >= deaths:
             exit_after = None
     fds = [int(a) for a in args]
     ids: dict[str, list[str]] = {}
@@ -65,6 +76,14 @@ def main() -> int:
                 with open(f"{out}.{me}.progress", "w") as f:
                     f.write(str(count))
             if exit_after is not None and count == exit_after:
+                died = len(
+                    [
+                        n
+                        for n in os.listdir(os.path.dirname(out) or ".")
+                        if n.startswith(os.path.basename(out) + ".died.")
+                    ]
+                )
+                open(f"{out}.died.{died + 1}", "w").close()
                 open(out + ".died", "w").close()
                 with open(f"{out}.{me}.progress", "w") as f:
                     f.write(str(count))

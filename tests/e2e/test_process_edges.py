@@ -229,6 +229,35 @@ def test_with_restart_never_a_death_during_the_flush_exits_non_zero_and_counts_t
     assert f"{routed - 20000} records tb routed were never delivered" in text
 
 
+def test_a_stop_while_a_restart_is_due_still_restarts_and_completes_the_flush(
+    tmp_path, capture, replay_factory
+):
+    """The worker died and its restart waits out the backoff (0.4 s after three deaths) when
+    tb is stopped: the flush starts the restart itself rather than giving the records up."""
+    path, sent = capture
+    replay = replay_factory(str(path), "--repeat", str(REPEAT), "--close-after")
+    out, log, hold = str(tmp_path / "w"), tmp_path / "tb.log", tmp_path / "go"
+    hold.touch()  # (each dying worker exits as soon as it has read its records)
+    args = run_args(replay.url, out, tmp_path,
+                    worker_args=["--exit-after", "5000", "--hold", str(hold), "--deaths", "3"])  # fmt: skip
+    with open(log, "w") as err:
+        proc = subprocess.Popen(tb_cmd(*args), stderr=err, env=env_without_keys())
+    try:
+        wait_until(lambda: "restarting the worker in 0.4 s" in log.read_text(), 60, "a third death")
+        proc.send_signal(signal.SIGTERM)  # within the 0.4 s before the restart
+        rc = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert rc == 0, text[-3000:]
+    assert "restarting the worker to finish the flush" in text
+    final = final_line(text)
+    assert final["undelivered_at_exit"] == "0" and final["lost_in_worker"] == "0"
+    assert check_in_order(worker_results(out), sent, REPEAT) == int(final["routed"])
+
+
 def test_a_worker_that_stops_reading_makes_the_exit_non_zero(tmp_path, capture, replay_factory):
     """A live worker that takes nothing at shutdown: after --shutdown-timeout tb gives up, and
     it says how many records never arrived (exit 8), instead of exiting 0."""
