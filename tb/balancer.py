@@ -37,7 +37,7 @@ from tb.exitcode import ExitCode
 from tb.feed import AuthFailed, FeedError
 from tb.feed.client import FeedClient
 from tb.feed.policy import Backoff, Keepalive, KeepaliveAction
-from tb.ingest import MAX_RECV, Ingest
+from tb.ingest import Ingest
 from tb.logs import sink, write_counters
 from tb.loop import Loop, choose_loop
 from tb.metrics import MetricsError, MetricsServer
@@ -51,7 +51,7 @@ from tb.supervisor import RestartPolicy, Supervisor
 from tb.transport import FeedURL, TLSVerifyError, Transport, TransportError, connect
 from tb.ws import State
 
-__all__ = ["RunConfig", "Balancer", "MAX_RECV"]
+__all__ = ["RunConfig", "Balancer"]
 
 log = logging.getLogger("tb.run")
 
@@ -114,8 +114,6 @@ class Balancer:
         self.c = Counters()
         # The hot path: the arena, frames, routing, the writes (tb.ingest).
         self.ingest = Ingest(self.router, self.c, self, max_message=cfg.max_message)
-        self._on_readable = self.ingest.on_readable  # (the socket's reader: no step between)
-        self.stage = self.ingest.stage  # seconds in recv, frame scan, route, pipe write
         self.transport: Transport | None = None
         self.feed: FeedClient | None = None  # the connection's protocol state
         self.out = bytearray()
@@ -135,6 +133,7 @@ class Balancer:
         self.supervisor: Supervisor | None = None
         self.metrics: MetricsServer | None = None
         self.paused_since: float | None = None
+        self._last_stats = (self.t0, 0)  # (when, routed) at the last --stats line
         self.overflow_warned = 0.0
         self.cpu_last = 0.0
         self._routed_at_tick = 0
@@ -417,7 +416,7 @@ class Balancer:
 
     def _resume_reading(self) -> None:
         if self.transport is not None and not self.reading:
-            self.loop.add_reader(self.transport.fd, self._on_readable)
+            self.loop.add_reader(self.transport.fd, self.ingest.on_readable)  # (no step between)
             self.reading = True
 
     def _pause_reading(self) -> None:
@@ -460,9 +459,6 @@ class Balancer:
             )
 
     # -- what the ingest calls (tb.ingest.IngestHost) and reads ------------------------------------
-    def pause_for_backpressure(self) -> None:
-        self._pause_for_backpressure()
-
     def on_statuses(self, statuses: list[dict]) -> None:
         feed = self.feed
         self.c.statuses += len(statuses)
@@ -504,7 +500,7 @@ class Balancer:
             "wrote a tb.gap record to every pipe: %d ms without data (%s)", end - start, reason
         )
 
-    def _pause_for_backpressure(self) -> None:
+    def pause_for_backpressure(self) -> None:
         if not self.reading:
             return
         w = self.writer
@@ -532,7 +528,7 @@ class Balancer:
     def _print_stats(self) -> None:
         now = time.monotonic()
         routed = self.c.routed
-        last = getattr(self, "_last_stats", (self.t0, 0))
+        last = self._last_stats
         rate = (routed - last[1]) / max(1e-9, now - last[0])
         self._last_stats = (now, routed)
         write_counters("stats", f"{STATS_PREFIX}{rate:,.0f} trades/s {self.counters_line()}")
@@ -541,16 +537,18 @@ class Balancer:
     def snapshot(self) -> Snapshot:
         """The counters and states at this moment (for --stats, the final line, the metrics;
         safe to call from another thread: it only reads)."""
-        w, sup = self.writer, self.supervisor
+        # each attribute read once: the loop may change it between two reads of a scrape
+        w, sup, feed = self.writer, self.supervisor, self.feed
+        transport, paused_since, down_since = self.transport, self.paused_since, self.down_since
         since = None
-        if self.transport is None:
-            state, since = "disconnected", self.down_since
-        elif self.paused_since is not None:
-            state, since = "paused", self.paused_since
-        elif self.feed is not None and self.feed.streaming:
+        if transport is None:
+            state, since = "disconnected", down_since
+        elif paused_since is not None:
+            state, since = "paused", paused_since
+        elif feed is not None and feed.streaming:
             state = "streaming"
         else:
-            state, since = "connecting", self.down_since
+            state, since = "connecting", down_since
         return Snapshot(
             c=copy.copy(self.c),
             general=self.router.totals.events,
@@ -591,7 +589,7 @@ class Balancer:
         rate = self.c.routed / span if span > 0 else 0.0
         w = self.writer
         syscalls = self.c.recvs + (w.writes if w else 0)
-        recv_s, frames_s, route_s, write_s = self.stage
+        recv_s, frames_s, route_s, write_s = self.ingest.stage
         return (
             f"{FINAL_PREFIX}{self.counters_line()} bytes_in={self.c.bytes_in}"
             f" messages={self.c.messages} recvs={self.c.recvs} pipe_writes={w.writes if w else 0}"

@@ -107,7 +107,13 @@ def positive_float(text: str) -> float:
 def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
     """-v/--verbose, -q/--quiet and --log-format, read by the CLI's logging set-up."""
     g = parser.add_argument_group("logging")
-    g.add_argument("-v", "--verbose", action="count", default=0, help="more log lines (-vv: debug)")
+    g.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="-vv: debug lines too (INFO is the default)",
+    )
     g.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     g.add_argument(
         "--log-format",
@@ -527,10 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
         "publish",
         "consume",
     ):
-        try:
-            module = __import__(f"tb.{name}", fromlist=["add_parser"])
-        except ImportError:
-            continue
+        module = __import__(f"tb.{name}", fromlist=["add_parser"])
         module.add_parser(sub)
     top.commands = sub.choices  # (main: a command's unrecognized arguments, said by it)
     return top
@@ -571,4 +574,4 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.USAGE
     except KeyboardInterrupt:
         write_line(f"tb {args.command}: interrupted")
-        return 130
+        return ExitCode.INTERRUPTED

@@ -211,9 +211,9 @@ class Consume:
                 if args.stats:
                     loop.call_later(args.stats, lambda: self._stats(loop, 0))
                 loop.run()
-        except PipeError as exc:
+        except (PipeError, JetStreamError) as exc:  # (as tb run: one line, then the flush)
             log.error("%s", exc)
-            self.code = ExitCode.WORKER
+            self.code = getattr(exc, "code", ExitCode.ERROR)
         finally:
             side.stop_fetching()
             undelivered = self.supervisor.shutdown(args.shutdown_timeout)

@@ -21,6 +21,7 @@ class ExitCode(enum.IntEnum):
     TLS = 6
     OVERFLOW = 7
     UNDELIVERED = 8
+    INTERRUPTED = 130
 
     @property
     def meaning(self) -> str:
@@ -44,6 +45,8 @@ _MEANINGS = {
     ExitCode.UNDELIVERED: "records tb routed were never delivered to a worker (the worker stopped "
     "reading or died and could not be restarted before --shutdown-timeout); the final line's "
     "undelivered_at_exit says how many",
+    ExitCode.INTERRUPTED: "a second stop signal: tb exits at once, without the flush or the final "
+    "line (spool files it leaves are discarded by the next run)",
 }
 
 

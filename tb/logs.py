@@ -19,7 +19,6 @@ interleave with the worker's as long as they fit in PIPE_BUF (4096 bytes).
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -36,8 +35,6 @@ __all__ = [
     "write_counters",
     "write_line",
 ]
-
-_GONE = (errno.EPIPE, errno.EAGAIN, errno.EIO, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF)
 
 
 class StderrSink:
@@ -74,9 +71,7 @@ class StderrSink:
                 n = self._sock.send(data, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
             else:
                 n = os.write(self._own if self._own >= 0 else self.fd, data)
-        except OSError as exc:
-            if exc.errno not in _GONE and not isinstance(exc, BlockingIOError):
-                raise
+        except OSError:  # gone, full, a full disk (ENOSPC on a file), anything: the line is lost
             n = -1
         if n == len(data):
             return True
@@ -134,7 +129,10 @@ class LineHandler(logging.Handler):
             text = self.format(record)
         except Exception:  # a bad format string in a log call: say so rather than lose it
             text = f"{record.name} {record.levelname}: unformattable log message {record.msg!r}"
-        sink().write(text)
+        try:
+            sink().write(text)
+        except Exception:  # (logging must never take the ingest down)
+            sink().errors += 1
 
 
 class JSONFormatter(logging.Formatter):
@@ -177,7 +175,7 @@ def setup_logging(level: int, fmt: str = "text") -> None:
     root.setLevel(level)
 
 
-def write_counters(kind: str, line: str) -> bool:
+def write_counters(kind: str, line: str, logger: str = "tb.run") -> bool:
     """Write a stats line (`kind` "stats") or the final line ("final"): as it is, or with
     --log-format json as {"event": kind, ...its key=value pairs, numbers as numbers}."""
     if not _json:
@@ -196,4 +194,4 @@ def write_counters(kind: str, line: str) -> bool:
     if kind == "stats":
         rate = line.split(" trades/s", 1)[0].rsplit(" ", 1)[-1].replace(",", "")
         fields["trades_per_s"] = int(rate) if rate.isdigit() else rate
-    return write_line(_json_line(time.time(), "INFO", "tb.run", kind, **fields))
+    return write_line(_json_line(time.time(), "INFO", logger, kind, **fields))

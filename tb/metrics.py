@@ -77,7 +77,11 @@ class _Collector:
     def collect(self) -> Iterator:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        s = self.snapshot()
+        try:
+            s = self.snapshot()
+        except Exception as exc:  # (a scrape must not print a traceback: say it, serve nothing)
+            log.warning("metrics: cannot read tb's counters: %s: %s", type(exc).__name__, exc)
+            return
         c = s.c
         counters = [
             ("tb_trades_received", "Events received from the feed (trades and others).", c.events),
@@ -135,11 +139,6 @@ class _Collector:
         yield GaugeMetricFamily(
             "tb_worker_up", "1 while the worker runs.", value=1 if s.worker_alive else 0
         )
-        yield GaugeMetricFamily(
-            "tb_undelivered_at_exit",
-            "Records routed that never reached a worker (set at exit).",
-            value=c.undelivered_at_exit,
-        )
         if s.feed_lag_s is not None:
             yield GaugeMetricFamily(
                 "tb_feed_lag_seconds",
@@ -172,7 +171,10 @@ class MetricsServer:
 
         def app(environ, start_response):
             if environ.get("PATH_INFO") == "/healthz":
-                ok, line = health(snapshot())
+                try:
+                    ok, line = health(snapshot())
+                except Exception as exc:  # (never a traceback from the scrape thread)
+                    ok, line = False, f"health unknown: {type(exc).__name__}: {exc}"
                 status = "200 OK" if ok else "503 Service Unavailable"
                 body = (line + "\n").encode()
                 start_response(

@@ -26,7 +26,7 @@ from tb.jetstream.options import (
     add_nats_arguments,
     duration,
 )
-from tb.logs import write_line
+from tb.logs import write_counters, write_line
 from tb.signals import STOP_SIGNALS
 
 __all__ = ["add_parser", "main"]
@@ -185,7 +185,7 @@ async def _run(publisher, args: argparse.Namespace, clock: Clock) -> int:
     def on_signal(signum: int) -> None:
         if stop_signal:
             write_line(f"tb publish: second {signal.Signals(signum).name}: exiting at once")
-            os._exit(130)
+            os._exit(ExitCode.INTERRUPTED)
         stop_signal.append(signal.Signals(signum).name)
         log.info("%s: stopping; waiting for the acks of what was read", stop_signal[0])
         publisher.stop()
@@ -210,10 +210,16 @@ async def _run(publisher, args: argparse.Namespace, clock: Clock) -> int:
             break
     if stats is not None:
         stats.cancel()
+    failed = None
+    if task.done() and not task.cancelled():
+        failed = task.exception()  # (publish_async or a pipe read that raised: said, not lost)
+        if failed is not None:
+            log.error("tb publish stopped: %s: %s", type(failed).__name__, failed)
     unacked = publisher.unacked_records
     c = publisher.c
-    write_line(f"{FINAL_PREFIX}{_counters_line(publisher)} unacked={unacked} {clock.line(c.acked)}")
-    if publisher.error:
+    line = f"{FINAL_PREFIX}{_counters_line(publisher)} unacked={unacked} {clock.line(c.acked)}"
+    write_counters("final", line, "tb.publish")
+    if publisher.error or failed is not None:
         return ExitCode.ERROR
     return ExitCode.UNDELIVERED if unacked else ExitCode.OK
 
@@ -232,9 +238,8 @@ async def _stats(publisher, every: float) -> None:
     while True:
         await asyncio.sleep(every)
         now = publisher.c.acked
-        write_line(
-            f"{STATS_PREFIX}{(now - last) / every:,.0f} trades/s {_counters_line(publisher)}"
-        )
+        line = f"{STATS_PREFIX}{(now - last) / every:,.0f} trades/s {_counters_line(publisher)}"
+        write_counters("stats", line, "tb.publish")
         last = now
 
 

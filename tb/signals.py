@@ -17,6 +17,7 @@ import signal
 import socket
 from collections.abc import Callable
 
+from tb.exitcode import ExitCode
 from tb.logs import write_line
 from tb.loop import Loop
 
@@ -53,7 +54,7 @@ class StopSignals:
         if self.received > 1:
             # A second signal: the user wants out now, queued records or not.
             write_line(f"tb: second {name}: exiting at once")
-            os._exit(130)
+            os._exit(ExitCode.INTERRUPTED)
         self.on_stop(name)
 
     def _drain(self) -> None:

@@ -26,9 +26,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: Edges allowed for now, each with the reason it is still there.
-ALLOWED: dict[tuple[str, str], str] = {}
-
 
 def module_names(root: Path, package: str) -> dict[str, Path]:
     """{dotted module name: path} for every .py file of `package` under `root`."""
@@ -120,10 +117,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_tb_has_no_import_cycle():
-    graph = import_graph(ROOT)
-    for (a, b), _why in ALLOWED.items():
-        graph.get(a, set()).discard(b)
-    cycle = find_cycle(graph)
+    cycle = find_cycle(import_graph(ROOT))
     assert cycle is None, "import cycle in tb: " + " -> ".join(cycle)
 
 
@@ -136,13 +130,6 @@ def test_packages_built_like_selectors_do_not_import_back_even_from_functions(pa
     inside = {m for m in graph if m == package or m.startswith(package + ".")}
     cycle = find_cycle({m: graph[m] & inside for m in inside})
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
-
-
-def test_the_allowed_edges_still_exist():
-    """An exemption whose import is gone is deleted, not kept 'just in case'."""
-    graph = import_graph(ROOT)
-    stale = [f"{a} -> {b}" for a, b in ALLOWED if b not in graph.get(a, set())]
-    assert not stale, f"remove from ALLOWED: {stale}"
 
 
 def _write_package(root: Path, files: dict[str, str]) -> None:

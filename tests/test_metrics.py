@@ -253,10 +253,10 @@ def test_feed_lag_is_now_minus_the_newest_trades_exchange_time(tmp_path):
     try:
         m = wait_for(lambda: (m := scrape(port)).get("tb_feed_lag_seconds") and m, 20, "a lag")
         expected = time.time() - t0 / 1000
-        assert abs(m["tb_feed_lag_seconds"] - expected) < 1.0, (m["tb_feed_lag_seconds"], expected)
+        assert abs(m["tb_feed_lag_seconds"] - expected) < 2.0, (m["tb_feed_lag_seconds"], expected)
         time.sleep(1.0)  # the lag is read at scrape time: it grows while the market is behind
         later = scrape(port)["tb_feed_lag_seconds"]
-        assert later > m["tb_feed_lag_seconds"] + 0.5
+        assert later > m["tb_feed_lag_seconds"] + 0.3
         tb.proc.terminate()
         tb.wait(30)
     finally:

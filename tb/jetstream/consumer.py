@@ -93,7 +93,12 @@ class WrittenMarks:
         return out
 
     def save(self, k: int, seq: int) -> None:
-        os.pwrite(self.fd, self._U64.pack(seq), 8 * self.partitions[k])
+        try:
+            os.pwrite(self.fd, self._U64.pack(seq), 8 * self.partitions[k])
+        except OSError as exc:  # (a full or failing disk: without the mark, no exactly-once)
+            raise JetStreamError(
+                f"cannot keep {self.path}: {exc.strerror or exc}", ExitCode.ERROR
+            ) from None
 
     def close(self) -> None:
         os.close(self.fd)

@@ -72,9 +72,9 @@ class Plan:
     def __post_init__(self) -> None:
         if not isinstance(self.pipes, int) or isinstance(self.pipes, bool) or self.pipes < 1:
             raise PlanError(f"pipes must be a positive integer, got {self.pipes!r}")
-        if self.hash not in HASHES:
+        if not isinstance(self.hash, str) or self.hash not in HASHES:
             raise PlanError(f"unknown hash {self.hash!r}; choose one of {', '.join(HASHES)}")
-        if self.by not in WEIGHTS:
+        if not isinstance(self.by, str) or self.by not in WEIGHTS:
             raise PlanError(f"unknown weight {self.by!r}; choose one of {', '.join(WEIGHTS)}")
         share = self.expected_share
         if not (isinstance(share, int | float) and math.isfinite(share) and 0 <= share <= 1):

@@ -9,8 +9,8 @@ import sys
 import pytest
 from harness import Replay, expected_events, run_tb
 
-from tb.balancer import MAX_RECV
 from tb.capture import read_capture
+from tb.ingest import MAX_RECV
 
 SLOW_WORKER = """
 import json, os, select, struct, sys, time

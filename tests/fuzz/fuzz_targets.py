@@ -584,7 +584,7 @@ def is_json(payload: bytes) -> bool:
     return True
 
 
-def route_small(router: Router, payloads: list) -> RouteBatch | None:
+def small_lane(router: Router, payloads: list) -> RouteBatch | None:
     """The small lane's batch as a RouteBatch (None: declined)."""
     got = router.small_runs(payloads)
     if got is None:
@@ -594,11 +594,11 @@ def route_small(router: Router, payloads: list) -> RouteBatch | None:
 
 
 def run_spans(a: np.ndarray, starts, ends, npipes: int, hash_name: str) -> None:
-    """route_spans / route_small on the spans a[starts[i]:ends[i]] against route_python.
+    """route_spans / small_lane on the spans a[starts[i]:ends[i]] against route_python.
 
     Strict for valid JSON. For invalid JSON the span router's documented limit applies (the
     grammar inside an object is not checked, so a message route_python counts as malformed may
-    be passed on as the feed sent it): then route_spans and route_small must agree instead.
+    be passed on as the feed sent it): then route_spans and small_lane must agree instead.
     """
     before = a.tobytes()
     payloads = [a[s:e].tobytes() for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
@@ -629,9 +629,9 @@ def run_spans(a: np.ndarray, starts, ends, npipes: int, hash_name: str) -> None:
     cache = router.pipe_cache
     views = [memoryview(a)[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
     for _ in range(2):  # twice: the second time from the symbol cache
-        take("route_small", route_small(router, views))
+        take("small_lane", small_lane(router, views))
     check(
-        all(r == results[0] for r in results), f"route_spans/route_small disagree: {results!r:.600}"
+        all(r == results[0] for r in results), f"route_spans/small_lane disagree: {results!r:.600}"
     )
     for sym, pipe in cache.items():
         check(pipe == HASHES[hash_name](sym, npipes), f"cached pipe of {sym!r} is wrong")
@@ -670,7 +670,7 @@ def run_frames(a: np.ndarray, pos: int, end: int, npipes: int, hash_name: str) -
 
 
 def spans(data: bytes) -> None:
-    """route_spans and route_small: never raise; a batch they return equals route_python's.
+    """route_spans and small_lane: never raise; a batch they return equals route_python's.
 
     data[0]: npipes (as router); data[1]: bit 0 hash, bits 1-3 lead bytes before the first
     frame, bits 4-5 fill of the lead and pad (PAD_FILL), bit 6 raw mode; data[2:]: payloads

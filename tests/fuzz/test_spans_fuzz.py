@@ -1,4 +1,4 @@
-"""route_spans / route_small under fuzzing: never raise; a batch they return equals
+"""route_spans / small_lane under fuzzing: never raise; a batch they return equals
 route_python's (strictly for valid JSON; for invalid JSON they must agree with each other --
 the documented limit of the span router, see fuzz_targets.run_spans). route_frames finds the
 frames scan_data_frames finds and routes them as route_spans does (fuzz_targets.run_frames)."""
