@@ -204,9 +204,8 @@ def _poller(fds: Sequence[int]) -> select.poll:
 # 700 allocations and moves survivors to older generations, walked again later: a batch whose
 # records, and the objects a handler makes of them (a dict and a list per decoded trade), are
 # all alive at once past that threshold is walked over and over. A read of at most 32 KiB hands
-# out ~280 feed records, ~560 objects once decoded: under it. Measured (tools/bench_worker.py):
-# decoding a batch into a list is ~1.45x faster than after 64 KiB reads, 1 MiB reads halve
-# read_batches' own rate, and 16 KiB reads gain nothing more.
+# out ~280 feed records, ~560 objects once decoded: under it. The measurements behind this size
+# (tools/bench_worker.py) are in docs/performance.md, "The worker side".
 BATCH_READ = 32 << 10
 
 

@@ -1,6 +1,6 @@
 """`tb replay`: a websocket server that speaks the feed's handshake and serves a capture.
 
-Theory of operation: the replay server is the feed seen from the other side, in four layers,
+Theory of operation: the replay server is the feed seen from the other side, in five layers,
 each importing only those listed before it:
 
     stream.py     FrameStream: the capture's messages, encoded once as server frames in one

@@ -1,9 +1,9 @@
 """The router's reused buffers: one Scratch per Router, shared by every lane.
 
-Fresh multi-megabyte arrays cost page faults on every batch (several times the work done on
-them, measured on the dev VM), so each buffer here grows to the largest batch seen and is handed
-out again, batch after batch. Nothing carries over from one use to the next: every user
-overwrites what it takes.
+Fresh multi-megabyte arrays cost page faults on every batch, more than the work done on them
+(docs/performance.md, the Router's section), so each buffer here grows to the largest batch seen
+and is handed out again, batch after batch. Nothing carries over from one use to the next:
+every user overwrites what it takes.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Theory of operation. tb routes every symbol to one pipe, so a symbol's order hol
 each pipe is read by exactly one process. serve() deals the pipes out round-robin (pipe i to
 sub-worker i % K), forks K sub-workers, and closes every pipe in the parent: each read end is
 then open in one process only. A sub-worker polls its pipes, reads each ready one once into its
-buffer (tb.pipes.PipeBuffers) and hands the complete records to the handler -- one call per
+buffer (tb.pipes.reader.PipeBuffers) and hands the complete records to the handler -- one call per
 record, or with batch=True one call per read with memoryviews into the buffer -- before it polls
 again; so at any poll every complete record it has read has been handled, and only the start of
 a record still being written can be lost with the process.
