@@ -339,3 +339,14 @@ def test_a_full_stderr_neither_stalls_nor_stops_the_ingest(tmp_path, capture, re
     assert int(final["log_write_errors"]) > 0
     assert final["routed"] == "100000" and final["undelivered_at_exit"] == "0"
     assert rc == 0  # (its exit 3 comes after EOF: the run was over, nothing undelivered)
+
+
+def test_a_stderr_on_a_full_disk_does_not_stop_the_ingest(tmp_path, capture, replay_factory):
+    """/dev/full answers every write with ENOSPC, as a log file on a full disk does."""
+    fd = os.open("/dev/full", os.O_WRONLY)
+    try:
+        proc, out, sent = trickle_run(tmp_path, capture, replay_factory, fd)
+    finally:
+        os.close(fd)
+    assert proc.wait(60) == 0
+    assert check_in_order(worker_results(out), sent, 1) == 100000
