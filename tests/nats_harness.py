@@ -100,6 +100,32 @@ def nats_factory(tmp_path):
         server.stop()
 
 
+@pytest.fixture
+def nats_tls(tmp_path):
+    """nats-server -js with TLS on (its `tls {}` block), with a certificate for 127.0.0.1 from a
+    throwaway CA (trustme): yields (server, the CA's PEM, another CA's PEM)."""
+    if NATS_SERVER is None:
+        pytest.skip("nats-server is not installed here (apt-get install nats-server)")
+    import trustme
+
+    ca, other = trustme.CA(), trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "server-cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "server-key.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    other.cert_pem.write_to_path(str(tmp_path / "other-ca.pem"))
+    conf = tmp_path / "nats-tls.conf"
+    conf.write_text(
+        "tls {\n"
+        f'  cert_file: "{tmp_path / "server-cert.pem"}"\n'
+        f'  key_file: "{tmp_path / "server-key.pem"}"\n'
+        "}\n"
+    )
+    server = NatsServer(tmp_path / "jetstream", "-c", str(conf))
+    yield server, tmp_path / "ca.pem", tmp_path / "other-ca.pem"
+    server.stop()
+
+
 class Proc:
     """A tb process whose stderr is collected line by line while it runs."""
 

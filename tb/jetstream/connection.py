@@ -9,11 +9,15 @@ logged: `Target.shown` is the URL without its credentials, and it is all a log l
 nats-py reports a failed first connection as NoServersError whatever the cause; the cause came
 through its error callback just before, so connect() keeps the last one and says it: a refused
 or unreachable server (ExitCode.CONNECT), credentials the server refused (ExitCode.AUTH), a
-certificate that did not verify (ExitCode.TLS).
+certificate that did not verify (ExitCode.TLS). A TLS error ends the first connection at once:
+no retry changes a certificate, and nats-py, after a failed TLS upgrade, waits forever for the
+old transport to close (tests/jetstream/test_tls.py pins it). The whole first connection is
+bounded in time too, whatever nats-py does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import ssl
@@ -27,6 +31,17 @@ from tb.jetstream import NATS_MISSING, JetStreamError
 __all__ = ["Target", "parse_target", "connect"]
 
 log = logging.getLogger("tb.nats")
+
+
+class _SslEofNotice(logging.Filter):
+    """asyncio warns at every close of a TLS connection nats-py made ("returning true from
+    eof_received() has no effect when using ssl"): noise, not news."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received()" not in record.getMessage()
+
+
+_SSL_EOF_NOTICE = _SslEofNotice()
 
 DEFAULT_PORT = 4222
 
@@ -123,10 +138,13 @@ def _describe(errors: list[BaseException], target: Target) -> JetStreamError:
             ExitCode.AUTH,
         )
     if isinstance(exc, ssl.SSLError):
-        return JetStreamError(
-            f"TLS to NATS at {target.shown} failed: {getattr(exc, 'reason', None) or exc}",
-            ExitCode.TLS,
+        reason = getattr(exc, "reason", None) or str(exc)
+        hint = (
+            " (is --cafile the CA that signed the server's certificate?)"
+            if reason == "CERTIFICATE_VERIFY_FAILED"
+            else ""
         )
+        return JetStreamError(f"TLS to NATS at {target.shown} failed: {reason}{hint}", ExitCode.TLS)
     if isinstance(exc, OSError) and exc.errno:
         text = os.strerror(exc.errno).lower()
     elif not text or text.startswith("nats: "):
@@ -153,11 +171,14 @@ async def connect(
     last: list[BaseException] = []
     connected = False
     nc = None
+    tls_failed = asyncio.Event()
 
     async def on_error(exc: Exception) -> None:
         last.append(exc)
         if connected:
             log.warning("NATS: %s", exc)
+        elif isinstance(exc, ssl.SSLError):
+            tls_failed.set()
 
     async def on_disconnect() -> None:
         if connected and not nc.is_closed:
@@ -189,8 +210,21 @@ async def connect(
         options["user_credentials"] = target.creds
     if target.tls is not None:
         options["tls"] = target.tls
+    logging.getLogger("asyncio").addFilter(_SSL_EOF_NOTICE)  # (once: a filter is a set member)
+    # two tries per server, each up to three steps of connect_timeout (INFO, TLS, PONG)
+    budget = len(target.servers) * 2 * (3 * connect_timeout + 0.25) + 1.0
+    attempt = asyncio.ensure_future(nats.connect(**options))
+    tls_wait = asyncio.ensure_future(tls_failed.wait())
+    done, _ = await asyncio.wait(
+        {attempt, tls_wait}, timeout=budget, return_when=asyncio.FIRST_COMPLETED
+    )
+    tls_wait.cancel()
+    if attempt not in done:
+        attempt.cancel()
+        await asyncio.wait({attempt}, timeout=1.0)
+        raise _describe(last or [TimeoutError(f"no answer within {budget:.0f} s")], target)
     try:
-        nc = await nats.connect(**options)
+        nc = attempt.result()
     except Exception as exc:  # noqa: BLE001 -- nats-py raises many kinds; each is one line here
         raise _describe(last or [exc], target) from None
     connected = True
