@@ -2,7 +2,9 @@
 
 The URL is `nats://HOST[:PORT]` or `tls://HOST[:PORT]` (several, comma separated, for a cluster).
 Credentials come from the URL (`nats://USER:PASSWORD@HOST`, `nats://TOKEN@HOST`), else from
-NATS_USER/NATS_PASSWORD or NATS_TOKEN, or from a credentials file (--creds, NATS_CREDS); TLS
+NATS_USER/NATS_PASSWORD or NATS_TOKEN, or from a file (--creds, NATS_CREDS): a credentials
+file (a user JWT and its NKey seed, as `nsc` writes them) or a bare NKey seed (SU..., for a
+server that lists the user's public NKey); the kind is read from the file. TLS
 from `tls://` or --cafile (the server's certificate is verified, always). None of it is ever
 logged: `Target.shown` is the URL without its credentials, and it is all a log line names.
 
@@ -55,7 +57,8 @@ class Target:
     user: str | None = None
     password: str | None = field(default=None, repr=False)
     token: str | None = field(default=None, repr=False)
-    creds: str | None = None
+    creds: str | None = None  # a credentials file: user JWT and NKey seed
+    nkey: str | None = None  # a file holding a bare NKey seed
     tls: ssl.SSLContext | None = None
 
 
@@ -102,9 +105,10 @@ def parse_target(
         target.user, target.password = env["NATS_USER"], env.get("NATS_PASSWORD", "")
     creds = creds or env.get("NATS_CREDS") or None
     if creds is not None:
-        if not os.access(creds, os.R_OK) or os.path.isdir(creds):
-            raise JetStreamError(f"cannot read the credentials file {creds}", ExitCode.USAGE)
-        target.creds = creds
+        if _is_jwt_creds(creds):
+            target.creds = creds
+        else:
+            target.nkey = creds
     if "tls" in schemes or cafile:
         try:
             target.tls = ssl.create_default_context(cafile=cafile)
@@ -117,14 +121,42 @@ def parse_target(
     return target
 
 
+def _is_jwt_creds(path: str) -> bool:
+    """True for a credentials file (a user JWT and its seed), False for a bare NKey seed;
+    JetStreamError(USAGE) for anything else (never saying what the file holds)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError as exc:
+        raise JetStreamError(
+            f"cannot read the credentials file {path}: {exc.strerror}", ExitCode.USAGE
+        ) from None
+    if b"BEGIN NATS USER JWT" in head and b"BEGIN USER NKEY SEED" in head:
+        return True
+    words = head.split()
+    if len(words) == 1 and words[0].startswith(b"SU"):
+        return False
+    raise JetStreamError(
+        f"{path} is not a NATS credentials file (a user JWT and its NKey seed, as nsc writes"
+        " them) nor a bare user NKey seed (SU...)",
+        ExitCode.USAGE,
+    )
+
+
 def _describe(errors: list[BaseException], target: Target) -> JetStreamError:
     """The one line (and exit code) for a first connection that failed with `errors`."""
     exc = errors[-1] if errors else None
     text = str(exc) if exc is not None else "no server answered"
+    if type(exc).__module__.startswith("nkeys"):  # (nats-py read the seed: it is not one)
+        return JetStreamError(
+            f"the NKey seed in {target.creds or target.nkey} is not valid", ExitCode.USAGE
+        )
     if any("authorization" in str(e).lower() for e in errors):
         how = (
             "the credentials file"
             if target.creds
+            else "the NKey seed"
+            if target.nkey
             else "the token"
             if target.token
             else "the user and password"
@@ -206,8 +238,17 @@ async def connect(
         options.update(user=target.user, password=target.password)
     if target.token is not None:
         options["token"] = target.token
+    if target.creds is not None or target.nkey is not None:
+        try:
+            import nkeys  # noqa: F401  (nats-py signs the server's nonce with it)
+        except ImportError:
+            raise JetStreamError(
+                "--creds needs the nkeys package: pip install 'tb[nats]'", ExitCode.USAGE
+            ) from None
     if target.creds is not None:
         options["user_credentials"] = target.creds
+    if target.nkey is not None:
+        options["nkeys_seed"] = target.nkey
     if target.tls is not None:
         options["tls"] = target.tls
     logging.getLogger("asyncio").addFilter(_SSL_EOF_NOTICE)  # (once: a filter is a set member)
