@@ -180,7 +180,7 @@ class Balancer:
         cfg = self.cfg
         if cfg.metrics is not None:
             try:
-                self.metrics = MetricsServer(*cfg.metrics, self.snapshot)
+                self.metrics = MetricsServer.for_run(*cfg.metrics, self.snapshot)
                 self.ingest.sample_lag = True
             except MetricsError as exc:
                 log.error("%s", exc)

@@ -9,10 +9,18 @@ the guarantees are tb.jetstream.consumer's.
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import os
 
-from tb.cli import CLIError, add_logging_arguments, parse_size, positive_int, seconds
+from tb.cli import (
+    CLIError,
+    add_logging_arguments,
+    listen_address,
+    parse_size,
+    positive_int,
+    seconds,
+)
 from tb.exitcode import ExitCode
 from tb.jetstream import JetStreamError
 from tb.jetstream.options import (
@@ -103,6 +111,14 @@ def add_parser(subparsers) -> None:
         "--stats", type=seconds, default=0.0, metavar="SECONDS", help="print counters every SECONDS"
     )
     p.add_argument(
+        "--metrics",
+        type=listen_address,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics (tb_consume_...) on http://HOST:PORT/metrics and a health"
+        " check on /healthz (200 while connected to NATS, every partition's consumer bound and"
+        " the worker alive, else 503 and why); needs pip install 'tb[metrics]'",
+    )
+    p.add_argument(
         "--shutdown-timeout",
         type=seconds,
         default=10.0,
@@ -131,11 +147,27 @@ def main(args: argparse.Namespace) -> int:
         target = parse_target(args.url, creds=args.creds, cafile=args.cafile)
     except JetStreamError as exc:
         raise CLIError(str(exc)) from None
+    run = Consume(args, target, partitions, worker)
+    if args.metrics is not None:
+        from tb.jetstream.metrics import ConsumeCollector, consume_health
+        from tb.metrics import MetricsError, MetricsServer
+
+        try:
+            run.metrics = MetricsServer(
+                *args.metrics,
+                ConsumeCollector(run.snapshot),
+                lambda: consume_health(run.snapshot()),
+            )
+        except MetricsError as exc:
+            raise CLIError(str(exc)) from None
     try:
-        return Consume(args, target, partitions, worker).run()
+        return run.run()
     except JetStreamError as exc:
         write_line(f"tb consume: error: {exc}")
         return exc.code
+    finally:
+        if run.metrics is not None:
+            run.metrics.close()
 
 
 class Consume:
@@ -161,6 +193,9 @@ class Consume:
         self.side.counters = self.c
         self.code = ExitCode.OK
         self.clock = Clock()
+        self.metrics = None  # a tb.metrics.MetricsServer, with --metrics
+        self.delivery = None
+        self.supervisor = None
 
     def run(self) -> int:
         from tb.jetstream.consumer import Delivery, WrittenMarks
@@ -202,6 +237,8 @@ class Consume:
         undelivered = 0
         try:
             if self.supervisor.start():
+                if self.metrics is not None:
+                    self.metrics.start()
                 log.info(
                     "consuming partitions %s of stream %s from %s into %d pipes",
                     args.partitions, args.stream, side.target.shown, len(self.partitions),
@@ -217,6 +254,7 @@ class Consume:
         finally:
             side.stop_fetching()
             undelivered = self.supervisor.shutdown(args.shutdown_timeout)
+            self.c.undelivered_at_exit = undelivered
             self.delivery.settle()
             self.delivery.rewind()
             side.close()
@@ -231,7 +269,30 @@ class Consume:
             f"{FINAL_PREFIX}{self._counters_line()} undelivered_at_exit={undelivered}"
             f" {self.clock.line(self.c.consumed)}"
         )
+        if self.metrics is not None:
+            self.metrics.close()  # (after the final line: its last scrape agrees with it)
         return self.code
+
+    def snapshot(self):
+        """The counters and states at this moment, for --metrics (from its thread: only reads)."""
+        from tb.jetstream.metrics import ConsumeSnapshot
+
+        side, sup = self.side, self.supervisor
+        w = self.delivery.writer if self.delivery is not None else None
+        return ConsumeSnapshot(
+            c=copy.copy(self.c),
+            partitions=self.partitions,
+            written_records=list(w.written_records) if w else [],
+            queued_records=w.queued_records if w else 0,
+            queued_bytes_per_pipe=list(w.queued_bytes_per_pipe) if w else [],
+            in_flight_bytes=side.in_flight_bytes,
+            connected=side.connected,
+            down_since=side.down_since,
+            bound=side.bound(),
+            worker_alive=sup is not None and sup.running,
+            worker_gave_up=sup is not None and sup.gave_up,
+            stopping=side.stopping,
+        )
 
     def _check_marks(self, marks) -> None:
         """A mark past the stream's last sequence means the stream was made anew: start over."""

@@ -12,6 +12,10 @@ open fds) and /healthz: 200 with one line while connected, subscribed and the wo
 else 503 with the reason (reconnecting since ..., worker restarting, socket paused for
 backpressure since ...), so an orchestrator or a load balancer can act on it.
 
+MetricsServer serves any collector and health check: `MetricsServer.for_run` is tb run's (this
+module's collector over tb.counters' Snapshot); tb consume brings its own
+(tb.jetstream.metrics).
+
 Counters only rise within a run; at exit their last values equal the final stats line.
 """
 
@@ -26,7 +30,7 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from tb.counters import Snapshot
 
-__all__ = ["MetricsError", "MetricsServer", "health", "parse_listen"]
+__all__ = ["MetricsError", "MetricsServer", "health", "parse_listen", "since"]
 
 log = logging.getLogger("tb.metrics")
 
@@ -44,7 +48,8 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _stamp(t: float | None) -> str:
+def since(t: float | None) -> str:
+    """' since TIME (N s)' for a wall-clock time, or '' for None: the tail of a health line."""
     if t is None:
         return ""
     ago = max(0.0, time.time() - t)
@@ -55,13 +60,13 @@ def _stamp(t: float | None) -> str:
 def health(s: Snapshot) -> tuple[bool, str]:
     """(healthy, one line saying why): connected, subscribed, the worker alive."""
     if s.state == "disconnected":
-        return False, "reconnecting" + _stamp(s.since)
+        return False, "reconnecting" + since(s.since)
     if not s.worker_alive:
         return False, "worker restarting"
     if s.state == "paused":
-        return False, "socket paused for backpressure" + _stamp(s.since)
+        return False, "socket paused for backpressure" + since(s.since)
     if s.state != "streaming":
-        return False, "connecting (not yet subscribed)" + _stamp(s.since)
+        return False, "connecting (not yet subscribed)" + since(s.since)
     return True, "ok: streaming, worker alive"
 
 
@@ -153,9 +158,17 @@ class _Quiet(WSGIRequestHandler):
 
 
 class MetricsServer:
-    """Serves /metrics and /healthz for `snapshot` on (host, port) in a daemon thread."""
+    """Serves /metrics (`collector`'s families, and the process's) and /healthz (`check()`:
+    healthy, and one line saying why) on (host, port) in a daemon thread."""
 
-    def __init__(self, host: str, port: int, snapshot: Callable[[], Snapshot]) -> None:
+    @classmethod
+    def for_run(cls, host: str, port: int, snapshot: Callable[[], Snapshot]) -> MetricsServer:
+        """tb run's: its Snapshot's metrics and health."""
+        return cls(host, port, _Collector(snapshot), lambda: health(snapshot()))
+
+    def __init__(
+        self, host: str, port: int, collector, check: Callable[[], tuple[bool, str]]
+    ) -> None:
         try:
             from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
             from prometheus_client.exposition import ThreadingWSGIServer
@@ -163,16 +176,15 @@ class MetricsServer:
             raise MetricsError(
                 "--metrics needs the prometheus-client package: pip install 'tb[metrics]'"
             ) from None
-        self.snapshot = snapshot
         registry = CollectorRegistry()
         ProcessCollector(registry=registry)
-        registry.register(_Collector(snapshot))
+        registry.register(collector)
         metrics_app = make_wsgi_app(registry)
 
         def app(environ, start_response):
             if environ.get("PATH_INFO") == "/healthz":
                 try:
-                    ok, line = health(snapshot())
+                    ok, line = check()
                 except Exception as exc:  # (never a traceback from the scrape thread)
                     ok, line = False, f"health unknown: {type(exc).__name__}: {exc}"
                 status = "200 OK" if ok else "503 Service Unavailable"

@@ -3,6 +3,8 @@ loopback port, tb processes watched while they run, and the worker's log read ba
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import shutil
@@ -98,6 +100,105 @@ def nats_factory(tmp_path):
     yield make
     for server in made:
         server.stop()
+
+
+@pytest.fixture
+def nats_tls(tmp_path):
+    """nats-server -js with TLS on (its `tls {}` block), with a certificate for 127.0.0.1 from a
+    throwaway CA (trustme): yields (server, the CA's PEM, another CA's PEM)."""
+    if NATS_SERVER is None:
+        pytest.skip("nats-server is not installed here (apt-get install nats-server)")
+    import trustme
+
+    ca, other = trustme.CA(), trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "server-cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "server-key.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    other.cert_pem.write_to_path(str(tmp_path / "other-ca.pem"))
+    conf = tmp_path / "nats-tls.conf"
+    conf.write_text(
+        "tls {\n"
+        f'  cert_file: "{tmp_path / "server-cert.pem"}"\n'
+        f'  key_file: "{tmp_path / "server-key.pem"}"\n'
+        "}\n"
+    )
+    server = NatsServer(tmp_path / "jetstream", "-c", str(conf))
+    yield server, tmp_path / "ca.pem", tmp_path / "other-ca.pem"
+    server.stop()
+
+
+def _nkey(prefix: int):
+    """(seed, public key, key pair) of a new NKey of the kind `prefix` names."""
+    import nkeys
+
+    seed = nkeys.encode_seed(os.urandom(32), prefix)
+    kp = nkeys.from_seed(bytearray(seed))
+    return seed.decode(), kp.public_key.decode(), kp
+
+
+def _jwt(issuer, subject: str, name: str, nats: dict) -> str:
+    """A NATS JWT (v2) for `subject`, signed by the key pair `issuer`."""
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    claims = {"iat": int(time.time()), "iss": issuer.public_key.decode(), "name": name,
+              "sub": subject, "nats": {**nats, "version": 2}}  # fmt: skip
+    claims["jti"] = base64.b32encode(hashlib.sha256(json.dumps(claims).encode()).digest())
+    claims["jti"] = claims["jti"].decode().rstrip("=")
+    head = b64(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
+    body = b64(json.dumps(claims).encode())
+    return f"{head}.{body}.{b64(issuer.sign(f'{head}.{body}'.encode()))}"
+
+
+def operator_mode(d: Path) -> tuple[Path, Path, Path]:
+    """nats-server's operator mode, as `nsc` sets it up, made by hand: an operator, an account
+    with JetStream, a system account, and a user of the account. Writes (the server's config,
+    the user's credentials file, the credentials of a user whose account the server does not
+    know) into `d`."""
+    import nkeys
+
+    _, opub, okp = _nkey(nkeys.PREFIX_BYTE_OPERATOR)
+    limits = {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+              "wildcards": True, "conn": -1, "leaf": -1}  # fmt: skip
+    js = {"mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1}
+    _, apub, akp = _nkey(nkeys.PREFIX_BYTE_ACCOUNT)
+    _, spub, _ = _nkey(nkeys.PREFIX_BYTE_ACCOUNT)
+    _, _, stranger = _nkey(nkeys.PREFIX_BYTE_ACCOUNT)
+    account = _jwt(okp, apub, "tb", {"type": "account", "limits": {**limits, **js}})
+    system = _jwt(okp, spub, "SYS", {"type": "account", "limits": limits})
+    conf = d / "operator.conf"
+    conf.write_text(
+        f"operator: {_jwt(okp, opub, 'op', {'type': 'operator'})}\n"
+        f"system_account: {spub}\nresolver: MEMORY\n"
+        f"resolver_preload: {{\n  {apub}: {account}\n  {spub}: {system}\n}}\n"
+    )
+    files = []
+    for name, issuer in (("user.creds", akp), ("stranger.creds", stranger)):
+        useed, upub, _ = _nkey(nkeys.PREFIX_BYTE_USER)
+        user = _jwt(issuer, upub, name, {"type": "user", "pub": {}, "sub": {}, "subs": -1,
+                                         "data": -1, "payload": -1})  # fmt: skip
+        (d / name).write_text(
+            f"-----BEGIN NATS USER JWT-----\n{user}\n------END NATS USER JWT------\n\n"
+            f"-----BEGIN USER NKEY SEED-----\n{useed}\n------END USER NKEY SEED------\n"
+        )
+        files.append(d / name)
+    return conf, files[0], files[1]
+
+
+def nkey_users(d: Path) -> tuple[Path, Path, Path]:
+    """A config whose one user is an NKey (`authorization { users = [ { nkey: U... } ] }`):
+    (the config, that user's seed file, another user's seed file)."""
+    import nkeys
+
+    seed, public, _ = _nkey(nkeys.PREFIX_BYTE_USER)
+    other, _, _ = _nkey(nkeys.PREFIX_BYTE_USER)
+    conf = d / "nkey.conf"
+    conf.write_text(f"authorization {{\n  users = [ {{ nkey: {public} }} ]\n}}\n")
+    (d / "user.nk").write_text(seed + "\n")
+    (d / "other.nk").write_text(other + "\n")
+    return conf, d / "user.nk", d / "other.nk"
 
 
 class Proc:

@@ -2,18 +2,24 @@
 
 The URL is `nats://HOST[:PORT]` or `tls://HOST[:PORT]` (several, comma separated, for a cluster).
 Credentials come from the URL (`nats://USER:PASSWORD@HOST`, `nats://TOKEN@HOST`), else from
-NATS_USER/NATS_PASSWORD or NATS_TOKEN, or from a credentials file (--creds, NATS_CREDS); TLS
+NATS_USER/NATS_PASSWORD or NATS_TOKEN, or from a file (--creds, NATS_CREDS): a credentials
+file (a user JWT and its NKey seed, as `nsc` writes them) or a bare NKey seed (SU..., for a
+server that lists the user's public NKey); the kind is read from the file. TLS
 from `tls://` or --cafile (the server's certificate is verified, always). None of it is ever
 logged: `Target.shown` is the URL without its credentials, and it is all a log line names.
 
 nats-py reports a failed first connection as NoServersError whatever the cause; the cause came
 through its error callback just before, so connect() keeps the last one and says it: a refused
 or unreachable server (ExitCode.CONNECT), credentials the server refused (ExitCode.AUTH), a
-certificate that did not verify (ExitCode.TLS).
+certificate that did not verify (ExitCode.TLS). A TLS error ends the first connection at once:
+no retry changes a certificate, and nats-py, after a failed TLS upgrade, waits forever for the
+old transport to close (tests/jetstream/test_tls.py pins it). The whole first connection is
+bounded in time too, whatever nats-py does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import ssl
@@ -28,6 +34,17 @@ __all__ = ["Target", "parse_target", "connect"]
 
 log = logging.getLogger("tb.nats")
 
+
+class _SslEofNotice(logging.Filter):
+    """asyncio warns at every close of a TLS connection nats-py made ("returning true from
+    eof_received() has no effect when using ssl"): noise, not news."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received()" not in record.getMessage()
+
+
+_SSL_EOF_NOTICE = _SslEofNotice()
+
 DEFAULT_PORT = 4222
 
 
@@ -40,7 +57,8 @@ class Target:
     user: str | None = None
     password: str | None = field(default=None, repr=False)
     token: str | None = field(default=None, repr=False)
-    creds: str | None = None
+    creds: str | None = None  # a credentials file: user JWT and NKey seed
+    nkey: str | None = None  # a file holding a bare NKey seed
     tls: ssl.SSLContext | None = None
 
 
@@ -87,9 +105,10 @@ def parse_target(
         target.user, target.password = env["NATS_USER"], env.get("NATS_PASSWORD", "")
     creds = creds or env.get("NATS_CREDS") or None
     if creds is not None:
-        if not os.access(creds, os.R_OK) or os.path.isdir(creds):
-            raise JetStreamError(f"cannot read the credentials file {creds}", ExitCode.USAGE)
-        target.creds = creds
+        if _is_jwt_creds(creds):
+            target.creds = creds
+        else:
+            target.nkey = creds
     if "tls" in schemes or cafile:
         try:
             target.tls = ssl.create_default_context(cafile=cafile)
@@ -102,14 +121,42 @@ def parse_target(
     return target
 
 
+def _is_jwt_creds(path: str) -> bool:
+    """True for a credentials file (a user JWT and its seed), False for a bare NKey seed;
+    JetStreamError(USAGE) for anything else (never saying what the file holds)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError as exc:
+        raise JetStreamError(
+            f"cannot read the credentials file {path}: {exc.strerror}", ExitCode.USAGE
+        ) from None
+    if b"BEGIN NATS USER JWT" in head and b"BEGIN USER NKEY SEED" in head:
+        return True
+    words = head.split()
+    if len(words) == 1 and words[0].startswith(b"SU"):
+        return False
+    raise JetStreamError(
+        f"{path} is not a NATS credentials file (a user JWT and its NKey seed, as nsc writes"
+        " them) nor a bare user NKey seed (SU...)",
+        ExitCode.USAGE,
+    )
+
+
 def _describe(errors: list[BaseException], target: Target) -> JetStreamError:
     """The one line (and exit code) for a first connection that failed with `errors`."""
     exc = errors[-1] if errors else None
     text = str(exc) if exc is not None else "no server answered"
+    if type(exc).__module__.startswith("nkeys"):  # (nats-py read the seed: it is not one)
+        return JetStreamError(
+            f"the NKey seed in {target.creds or target.nkey} is not valid", ExitCode.USAGE
+        )
     if any("authorization" in str(e).lower() for e in errors):
         how = (
             "the credentials file"
             if target.creds
+            else "the NKey seed"
+            if target.nkey
             else "the token"
             if target.token
             else "the user and password"
@@ -123,10 +170,13 @@ def _describe(errors: list[BaseException], target: Target) -> JetStreamError:
             ExitCode.AUTH,
         )
     if isinstance(exc, ssl.SSLError):
-        return JetStreamError(
-            f"TLS to NATS at {target.shown} failed: {getattr(exc, 'reason', None) or exc}",
-            ExitCode.TLS,
+        reason = getattr(exc, "reason", None) or str(exc)
+        hint = (
+            " (is --cafile the CA that signed the server's certificate?)"
+            if reason == "CERTIFICATE_VERIFY_FAILED"
+            else ""
         )
+        return JetStreamError(f"TLS to NATS at {target.shown} failed: {reason}{hint}", ExitCode.TLS)
     if isinstance(exc, OSError) and exc.errno:
         text = os.strerror(exc.errno).lower()
     elif not text or text.startswith("nats: "):
@@ -153,11 +203,14 @@ async def connect(
     last: list[BaseException] = []
     connected = False
     nc = None
+    tls_failed = asyncio.Event()
 
     async def on_error(exc: Exception) -> None:
         last.append(exc)
         if connected:
             log.warning("NATS: %s", exc)
+        elif isinstance(exc, ssl.SSLError):
+            tls_failed.set()
 
     async def on_disconnect() -> None:
         if connected and not nc.is_closed:
@@ -185,12 +238,34 @@ async def connect(
         options.update(user=target.user, password=target.password)
     if target.token is not None:
         options["token"] = target.token
+    if target.creds is not None or target.nkey is not None:
+        try:
+            import nkeys  # noqa: F401  (nats-py signs the server's nonce with it)
+        except ImportError:
+            raise JetStreamError(
+                "--creds needs the nkeys package: pip install 'tb[nats]'", ExitCode.USAGE
+            ) from None
     if target.creds is not None:
         options["user_credentials"] = target.creds
+    if target.nkey is not None:
+        options["nkeys_seed"] = target.nkey
     if target.tls is not None:
         options["tls"] = target.tls
+    logging.getLogger("asyncio").addFilter(_SSL_EOF_NOTICE)  # (once: a filter is a set member)
+    # two tries per server, each up to three steps of connect_timeout (INFO, TLS, PONG)
+    budget = len(target.servers) * 2 * (3 * connect_timeout + 0.25) + 1.0
+    attempt = asyncio.ensure_future(nats.connect(**options))
+    tls_wait = asyncio.ensure_future(tls_failed.wait())
+    done, _ = await asyncio.wait(
+        {attempt, tls_wait}, timeout=budget, return_when=asyncio.FIRST_COMPLETED
+    )
+    tls_wait.cancel()
+    if attempt not in done:
+        attempt.cancel()
+        await asyncio.wait({attempt}, timeout=1.0)
+        raise _describe(last or [TimeoutError(f"no answer within {budget:.0f} s")], target)
     try:
-        nc = await nats.connect(**options)
+        nc = attempt.result()
     except Exception as exc:  # noqa: BLE001 -- nats-py raises many kinds; each is one line here
         raise _describe(last or [exc], target) from None
     connected = True

@@ -43,6 +43,7 @@ import logging
 import os
 import struct
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -70,6 +71,8 @@ class ConsumeCounters:
     resets: int = 0  # consumers made again from their ack floor
     lost_in_worker: int = 0  # (the Supervisor's) records a dying worker was inside
     worker_restarts: int = 0
+    disconnects: int = 0  # times the connection to NATS was lost
+    undelivered_at_exit: int = 0  # records given to the pipes that no worker read (at exit)
 
 
 class WrittenMarks:
@@ -138,6 +141,8 @@ class NatsSide:
         self.in_flight_bytes = 0  # fetched, not yet acknowledged
         self.room: asyncio.Event | None = None
         self.epoch = 0  # bumped at each reconnect: consumers are bound again
+        self.bound_epoch = [-1] * len(partitions)  # the epoch each partition was last bound in
+        self.down_since: float | None = None  # wall-clock time the connection was lost
         self.stopping = False
         self._tasks: list[asyncio.Task] = []
 
@@ -172,6 +177,14 @@ class NatsSide:
         self.thread.join(5.0)
         os.close(self.wake_fd)
 
+    @property
+    def connected(self) -> bool:
+        return self.nc is not None and self.nc.is_connected
+
+    def bound(self) -> list[bool]:
+        """Whether each partition's consumer is bound on the present connection."""
+        return [e == self.epoch for e in self.bound_epoch]
+
     # -- on the asyncio thread ------------------------------------------------------------------
     async def _connect(self) -> None:
         from tb.jetstream.connection import connect
@@ -179,15 +192,27 @@ class NatsSide:
 
         self.room = asyncio.Event()
         self.room.set()
-        self.nc = await connect(self.target, name="tb consume", on_reconnected=self._reconnected)
+        self.nc = await connect(
+            self.target,
+            name="tb consume",
+            on_disconnected=self._disconnected,
+            on_reconnected=self._reconnected,
+        )
         self.js = self.nc.jetstream()
         await ensure_stream(
             self.js, StreamSpec(self.stream, self.prefix), self.partitions, create=False
         )
         self.last_seq = (await self.js.stream_info(self.stream)).state.last_seq
 
+    async def _disconnected(self) -> None:
+        if self.down_since is None and not self.stopping:
+            self.down_since = time.time()
+            if self.counters is not None:
+                self.counters.disconnects += 1
+
     async def _reconnected(self) -> None:
         self.epoch += 1
+        self.down_since = None
 
     async def _start_fetching(self) -> None:
         self._tasks = [
@@ -244,12 +269,14 @@ class NatsSide:
                         await _quietly(sub.unsubscribe())
                     sub = None
                     sub = await self._bind(p)
+                    self.bound_epoch[k] = epoch
                 msgs = await sub.fetch(self.batch, timeout=FETCH_WAIT)
             except (nats.errors.TimeoutError, TimeoutError):
                 continue  # (nothing new within FETCH_WAIT)
             except Exception as exc:  # noqa: BLE001 -- the connection is down or coming back
                 if self.stopping:
                     return
+                self.bound_epoch[k] = -1
                 if not said:
                     log.warning("partition %d: %s; trying again", p, str(exc) or type(exc).__name__)
                     said = True

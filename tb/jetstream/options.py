@@ -73,7 +73,12 @@ def add_nats_arguments(p: argparse.ArgumentParser) -> None:
         metavar="PREFIX",
         help="partition p is subject PREFIX.p (default: the stream's name)",
     )
-    p.add_argument("--creds", help="NATS credentials file (JWT and NKey seed; else $NATS_CREDS)")
+    p.add_argument(
+        "--creds",
+        metavar="FILE",
+        help="NATS credentials file (a user JWT and its NKey seed) or a bare NKey seed file"
+        " (else $NATS_CREDS)",
+    )
     p.add_argument(
         "--cafile", help="CA bundle to verify the server's TLS certificate with (implies TLS)"
     )
