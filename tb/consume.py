@@ -31,7 +31,7 @@ from tb.jetstream.options import (
     add_nats_arguments,
     stream_name,
 )
-from tb.logs import write_line
+from tb.logs import write_counters, write_line
 
 __all__ = ["add_parser", "main"]
 
@@ -265,9 +265,11 @@ class Consume:
             log.error("%d records consumed were never delivered to a worker", undelivered)
             if self.code == ExitCode.OK:
                 self.code = ExitCode.UNDELIVERED
-        write_line(
+        write_counters(
+            "final",
             f"{FINAL_PREFIX}{self._counters_line()} undelivered_at_exit={undelivered}"
-            f" {self.clock.line(self.c.consumed)}"
+            f" {self.clock.line(self.c.consumed)}",
+            "tb.consume",
         )
         if self.metrics is not None:
             self.metrics.close()  # (after the final line: its last scrape agrees with it)
@@ -323,7 +325,8 @@ class Consume:
 
     def _stats(self, loop, last: int) -> None:
         now, every = self.c.consumed, self.args.stats
-        write_line(f"{STATS_PREFIX}{(now - last) / every:,.0f} trades/s {self._counters_line()}")
+        line = f"{STATS_PREFIX}{(now - last) / every:,.0f} trades/s {self._counters_line()}"
+        write_counters("stats", line, "tb.consume")
         loop.call_later(every, lambda: self._stats(loop, now))
 
     def _counters_line(self) -> str:
