@@ -361,3 +361,33 @@ def reference_route(messages: list[bytes], docs: list[list], npipes: int, hash_n
             else:
                 pipes[place].append(message[start:end])
     return pipes, statuses, no_symbol
+
+
+def http_get(url: str) -> tuple[int, str]:
+    """(status, body) of a GET on loopback; (0, "") while nothing listens there."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except urllib.error.URLError:
+        return 0, ""  # (not listening yet)
+
+
+def scrape_metrics(port: int) -> dict[str, float]:
+    """name{labels} -> value from http://127.0.0.1:PORT/metrics, parsed by prometheus_client's
+    own parser ({} until it answers)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, text = http_get(f"http://127.0.0.1:{port}/metrics")
+    out: dict[str, float] = {}
+    if status != 200:
+        return out
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return out

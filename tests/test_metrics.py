@@ -9,15 +9,14 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 from harness import LiveTb, Replay, run_tb
+from harness import http_get as get
+from harness import scrape_metrics as scrape
 
 pytest.importorskip("prometheus_client", reason="prometheus-client is in the test extra")
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from tb.counters import parse_line  # noqa: E402
 
@@ -29,29 +28,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-    except urllib.error.URLError:
-        return 0, ""  # (not listening yet)
-
-
-def scrape(port: int) -> dict[str, float]:
-    """name{labels} -> value, from /metrics."""
-    status, text = get(f"http://127.0.0.1:{port}/metrics")
-    out = {}
-    if status != 200:
-        return out
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
-            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
-    return out
 
 
 def wait_for(pred, timeout: float, what: str):

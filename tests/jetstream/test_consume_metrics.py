@@ -10,40 +10,16 @@ import socket
 import struct
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 
 import pytest
+from harness import http_get as get
 from harness import run_tb
+from harness import scrape_metrics as scrape
 from nats_harness import Proc, count_lines, free_port, log_worker, wait_until
 
 pytest.importorskip("prometheus_client", reason="prometheus-client is in the test extra")
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 PARTITIONS = 4
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-    except urllib.error.URLError:
-        return 0, ""  # (not listening yet)
-
-
-def scrape(port: int) -> dict[str, float]:
-    """name{labels} -> value, from /metrics ({} until it answers)."""
-    status, text = get(f"http://127.0.0.1:{port}/metrics")
-    out = {}
-    if status != 200:
-        return out
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
-            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
-    return out
 
 
 def healthz(port: int) -> tuple[int, str]:
