@@ -129,7 +129,7 @@ async def make_stream(url: str, name: str) -> None:
 
 
 def via_nats(capture: Path, n: int, pipes: int, work: Path, server: subprocess.Popen, url: str,
-             stream: str) -> dict[str, float]:  # fmt: skip
+             stream: str, publish_args: tuple[str, ...] = ()) -> dict[str, float]:  # fmt: skip
     asyncio.run(make_stream(url, stream))
     prog = work / f"{stream}.progress"
     cwd = work / stream
@@ -146,7 +146,7 @@ def via_nats(capture: Path, n: int, pipes: int, work: Path, server: subprocess.P
     before = children_cpu()
     run = subprocess.Popen(
         [*TB, "run", feed_url, "--key", "k", "--pipes", str(pipes), "--once", "-q", "--"]
-        + [*TB, "publish", url, "--stream", stream, "-q"],
+        + [*TB, "publish", url, "--stream", stream, "-q", *publish_args],
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -179,7 +179,9 @@ def main() -> int:
     ap.add_argument("--trades", type=int, default=1_000_000)
     ap.add_argument("--pipes", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--message-size", help="tb publish --message-size (default: its own)")
     args = ap.parse_args()
+    publish_args = ("--message-size", args.message_size) if args.message_size else ()
     binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
     if not os.access(binary, os.X_OK):
         print("nats-server is not installed (apt-get install nats-server)", file=sys.stderr)
@@ -210,6 +212,7 @@ def main() -> int:
                         server,
                         f"nats://127.0.0.1:{port}",
                         f"B{r}",
+                        publish_args,
                     )  # fmt: skip
                 )
                 print(f"round {r + 1}: direct {results['direct'][-1]}", file=sys.stderr)
