@@ -227,14 +227,6 @@ def add_run_arguments(p: argparse.ArgumentParser, *, positional: bool = True) ->
         help="how long the bound may hold before --on-overflow applies (default 30)",
     )
     p.add_argument(
-        "--stall-warning",
-        type=seconds,
-        default=10.0,
-        metavar="SECONDS",
-        help="warn when a pipe has records queued and its reader has taken nothing for this"
-        " long (default 10; 0: never)",
-    )
-    p.add_argument(
         "--max-message",
         type=parse_size,
         default=16 << 20,
@@ -305,6 +297,18 @@ def add_run_arguments(p: argparse.ArgumentParser, *, positional: bool = True) ->
         help="reconnect when nothing at all arrives for this long (default 60; 0 = never)",
     )
     p.add_argument(
+        "--tls",
+        choices=["auto", "ktls", "userspace"],
+        default="auto",
+        help="TLS for wss://: kernel TLS when the kernel and cipher allow, else userspace (auto, "
+        "the default; one log line says which and why), or force one (ktls fails if unavailable)",
+    )
+    add_supervision_arguments(p)
+
+
+def add_supervision_arguments(p: argparse.ArgumentParser) -> None:
+    """The worker's supervision (tb.supervisor), for every command that runs a worker."""
+    p.add_argument(
         "--restart",
         choices=["always", "on-failure", "never"],
         default="on-failure",
@@ -318,11 +322,12 @@ def add_run_arguments(p: argparse.ArgumentParser, *, positional: bool = True) ->
         help="give up (exit 4) after this many restarts within 60 s (default 10)",
     )
     p.add_argument(
-        "--tls",
-        choices=["auto", "ktls", "userspace"],
-        default="auto",
-        help="TLS for wss://: kernel TLS when the kernel and cipher allow, else userspace (auto, "
-        "the default; one log line says which and why), or force one (ktls fails if unavailable)",
+        "--stall-warning",
+        type=seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="warn when a pipe has records queued and its reader has taken nothing for this"
+        " long (default 10; 0: never)",
     )
     p.add_argument(
         "--shutdown-timeout",

@@ -16,6 +16,7 @@ import os
 from tb.cli import (
     CLIError,
     add_logging_arguments,
+    add_supervision_arguments,
     listen_address,
     parse_size,
     positive_int,
@@ -89,25 +90,6 @@ def add_parser(subparsers) -> None:
         "--pipe-size", type=parse_size, default=None, help="pipe buffer size (default: max)"
     )
     p.add_argument(
-        "--restart",
-        choices=["always", "on-failure", "never"],
-        default="on-failure",
-        help="restart the worker when it dies (as tb run; default on-failure)",
-    )
-    p.add_argument(
-        "--max-restarts",
-        type=positive_int,
-        default=10,
-        help="give up (exit 4) after this many restarts within 60 s (default 10)",
-    )
-    p.add_argument(
-        "--stall-warning",
-        type=seconds,
-        default=10.0,
-        metavar="SECONDS",
-        help="warn when a pipe's reader has taken nothing for this long (default 10; 0: never)",
-    )
-    p.add_argument(
         "--stats", type=seconds, default=0.0, metavar="SECONDS", help="print counters every SECONDS"
     )
     p.add_argument(
@@ -118,12 +100,7 @@ def add_parser(subparsers) -> None:
         " check on /healthz (200 while connected to NATS, every partition's consumer bound and"
         " the worker alive, else 503 and why); needs pip install 'tb[metrics]'",
     )
-    p.add_argument(
-        "--shutdown-timeout",
-        type=seconds,
-        default=10.0,
-        help="seconds to flush the pipes and wait for the worker at exit (default 10)",
-    )
+    add_supervision_arguments(p)
     p.add_argument("worker", nargs="*", help="-- WORKER [ARGS...]")
     add_logging_arguments(p)
     p.__class__ = IntermixedParser
