@@ -23,6 +23,7 @@ from typing import Protocol
 from tb.pipes.errors import PipeError
 
 __all__ = [
+    "pipe_fds",
     "BATCH_READ",
     "MAX_RECORD",
     "PipeBuffers",
@@ -57,6 +58,14 @@ def fds_from_env() -> list[int]:
         return [int(part) for part in value.split(",")]
     except ValueError:
         raise PipeError(f"TB_PIPE_FDS={value!r} is not a comma-separated list of fds") from None
+
+
+def pipe_fds(fds: Sequence[int] | None) -> list[int]:
+    """The read fds to use: `fds`, or TB_PIPE_FDS's when None; PipeError if there are none."""
+    fds = fds_from_env() if fds is None else list(fds)
+    if not fds:
+        raise PipeError("no pipes to read")
+    return fds
 
 
 def check_fds(fds: Sequence[int]) -> None:
@@ -226,9 +235,7 @@ def read_batches(
     Raises PipeError if TB_PIPE_FDS is missing, an fd is not open, a pipe ends inside a record,
     or a header announces more than max_record bytes.
     """
-    fds = fds_from_env() if fds is None else list(fds)
-    if not fds:
-        raise PipeError("no pipes to read")
+    fds = pipe_fds(fds)
     pipes = PipeBuffers(fds, bufsize=bufsize, max_record=max_record)
     index = {fd: i for i, fd in enumerate(fds)}
     poller = _poller(fds)
@@ -262,9 +269,7 @@ def read_records(
     record before it is yielded (tb.worker.SequenceCheck counts a per-symbol `q` that repeats or
     goes backwards). The other arguments and the errors are read_batches'.
     """
-    fds = fds_from_env() if fds is None else list(fds)
-    if not fds:
-        raise PipeError("no pipes to read")
+    fds = pipe_fds(fds)
     pipes = PipeBuffers(fds, bufsize=bufsize, max_record=max_record)
     index = {fd: i for i, fd in enumerate(fds)}
     poller = _poller(fds)

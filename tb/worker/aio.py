@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 
 from tb.pipes.errors import PipeError
-from tb.pipes.reader import MAX_RECORD, PipeBuffers, fds_from_env
+from tb.pipes.reader import MAX_RECORD, PipeBuffers, pipe_fds
 
 __all__ = ["aread_records"]
 
@@ -27,9 +27,7 @@ async def aread_records(
 
     Records of one pipe come in order. The arguments and errors are those of read_records();
     an fd that is not open is a PipeError as well."""
-    fds = fds_from_env() if fds is None else list(fds)
-    if not fds:
-        raise PipeError("no pipes to read")
+    fds = pipe_fds(fds)
     pipes = PipeBuffers(fds, bufsize=bufsize, max_record=max_record)
     loop = asyncio.get_running_loop()
     ready: deque[int] = deque()

@@ -45,7 +45,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from tb.pipes.errors import PipeError
-from tb.pipes.reader import BATCH_READ, MAX_RECORD, PipeBuffers, check_fds, fds_from_env
+from tb.pipes.reader import BATCH_READ, MAX_RECORD, PipeBuffers, check_fds, pipe_fds
 from tb.worker.sequence import SequenceCheck
 
 __all__ = ["SubWorker", "serve"]
@@ -93,9 +93,7 @@ def serve(
     grace: seconds the other sub-workers get to stop after one died, before SIGKILL.
     Raises PipeError for bad fds (before anything is forked).
     """
-    fds = fds_from_env() if fds is None else list(fds)
-    if not fds:
-        raise PipeError("no pipes to read")
+    fds = pipe_fds(fds)
     if processes < 0:
         raise ValueError(f"processes must be 0 (one per core) or more, not {processes}")
     if processes == 0:
