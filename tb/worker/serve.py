@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 
 from tb.pipes.errors import PipeError
 from tb.pipes.reader import BATCH_READ, MAX_RECORD, PipeBuffers, check_fds, pipe_fds
+from tb.pipes.worker import Worker
 from tb.worker.sequence import SequenceCheck
 
 __all__ = ["SubWorker", "serve"]
@@ -214,16 +215,6 @@ def _death_signal() -> Callable[[], None]:
     return set_death_signal
 
 
-def _describe(status: int) -> str:
-    code = os.waitstatus_to_exitcode(status)
-    if code >= 0:
-        return f"exited with status {code}"
-    try:
-        return f"killed by signal {-code} ({signal.Signals(-code).name})"
-    except ValueError:
-        return f"killed by signal {-code}"
-
-
 class _Parent:
     """Forks the sub-workers and waits for them (see the module docstring)."""
 
@@ -309,7 +300,7 @@ class _Parent:
                     continue
                 pipes = ",".join(map(str, sub.pipes))
                 print(
-                    f"serve: sub-worker {sub.index} (pid {pid}, pipes {pipes}) {_describe(status)}",
+                    f"serve: sub-worker {sub.index} (pid {pid}, pipes {pipes}) {Worker.describe(os.waitstatus_to_exitcode(status))}",
                     file=sys.stderr,
                     flush=True,
                 )
